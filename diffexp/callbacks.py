@@ -1,0 +1,110 @@
+"""What a run records while it trains: the per-step loss, sample grids from fixed noise."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from diffexp.data import to_uint8
+from diffexp.samplers import Sampler, fixed_noise, save_grid
+
+
+class LossHistory(pl.Callback):
+    """Keeps `(step, loss, lr)` for every step in `losses.csv`, and stops a run whose loss is not finite.
+
+    The file is rewritten at each checkpoint and at the end; after a resume, steps trained again replace
+    their earlier rows, so the record stays one row per step.
+    """
+
+    def __init__(self, path: Path, patience: int = 3) -> None:
+        self.path, self.patience = Path(path), patience
+        self.rows: dict[int, tuple[float, float]] = {}
+        self.bad_steps = 0
+        self.failure: str | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.path.exists():
+            with self.path.open() as f:
+                for row in csv.DictReader(f):
+                    if int(row["step"]) < trainer.global_step:
+                        self.rows[int(row["step"])] = (float(row["loss"]), float(row["lr"]))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        step = trainer.global_step - 1  # the optimiser step just taken
+        self.rows[step] = (loss, trainer.optimizers[0].param_groups[0]["lr"])
+        self.bad_steps = 0 if math.isfinite(loss) else self.bad_steps + 1
+        if self.bad_steps >= self.patience:
+            self.failure = (
+                f"loss is {loss} at step {step}: lower optim.optimizer.lr, keep optim.grad_clip on, "
+                f"or use trainer.precision=bf16-mixed instead of 16-mixed"
+            )
+            trainer.should_stop = True
+
+    def save(self) -> None:
+        from diffexp.run_folder import atomic_write_text
+
+        lines = ["step,loss,lr"] + [f"{s},{loss!r},{lr!r}" for s, (loss, lr) in sorted(self.rows.items())]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.is_global_zero:
+            self.save()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.save()
+
+    def losses(self) -> tuple[list[int], list[float]]:
+        steps = sorted(self.rows)
+        return steps, [self.rows[s][0] for s in steps]
+
+
+class SampleGrid(pl.Callback):
+    """Every `every_n_steps`, samples a grid from the same fixed noise with the EMA weights.
+
+    Writes `samples/step_NNNNNN.png` and logs the grid to the logger (W&B or TensorBoard).
+    """
+
+    def __init__(self, folder: Path, sampler: Sampler, every_n_steps: int, n: int = 64, seed: int = 0) -> None:
+        self.folder, self.sampler, self.every_n_steps, self.n, self.seed = Path(folder), sampler, every_n_steps, n, seed
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and trainer.is_global_zero:
+            self.make(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and not (self.folder / f"step_{trainer.global_step:06d}.png").exists():
+            self.make(trainer, pl_module)
+
+    def make(self, trainer: pl.Trainer, pl_module) -> Path:
+        unet = pl_module.unet
+        noise = fixed_noise(self.n, unet.config.in_channels, unet.config.sample_size, self.seed, pl_module.device)
+        was_training = unet.training
+        unet.eval()
+        with pl_module.ema_weights():
+            images = to_uint8(self.sampler(unet, pl_module.scheduler, noise, progress=False))
+        unet.train(was_training)
+        step = trainer.global_step
+        path = save_grid(images, self.folder / f"step_{step:06d}.png", scale=max(1, 64 // unet.config.sample_size))
+        log_image(trainer, "samples", path, step)
+        return path
+
+
+def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
+    """Sends a PNG to whichever image-capable loggers the trainer has."""
+    from PIL import Image
+
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=step)
+        elif isinstance(logger, pl.loggers.TensorBoardLogger):
+            import numpy as np
+
+            img = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(key, torch.from_numpy(img).permute(2, 0, 1), step)

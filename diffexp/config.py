@@ -1,0 +1,65 @@
+"""Config plumbing shared by every command: the resolvers the YAML uses, flattening for loggers."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+_UID = secrets.token_hex(3)
+
+
+def _run_dir(resume: str | None, fresh: str) -> str:
+    """`resume=DIR` trains on in DIR; otherwise a new folder."""
+    return str(Path(resume).expanduser()) if resume else fresh
+
+
+def _record_subdir(output_dir: str, resume: str | None) -> str | None:
+    """Where Hydra saves the job's config: nowhere when the folder already holds a run, so it is not overwritten."""
+    if resume or (Path(output_dir) / ".hydra" / "config.yaml").exists():
+        return None
+    return ".hydra"
+
+
+def wandb_offline() -> bool:
+    """W&B runs offline unless the user has a key (env or ~/.netrc) or forces `WANDB_MODE=online`."""
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return False
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    except (OSError, netrc.NetrcParseError):
+        return True
+
+
+def register_resolvers() -> None:
+    for name, fn in {
+        "uid": lambda: _UID,
+        "run_dir": _run_dir,
+        "record_subdir": _record_subdir,
+        "wandb_offline": wandb_offline,
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: flat keys are what W&B tables and filters work best with."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+register_resolvers()
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute, so commands work from any folder

@@ -1,0 +1,271 @@
+"""Training images as one uint8 tensor; batches indexed by step.
+
+Every dataset is decoded, resized and cropped once into a uint8 tensor `[N, C, H, W]` (Hub and folder data
+through `datasets.map`, whose fingerprint caches the result on disk). Scaling to [-1, 1] and flips happen on
+tensors after the batch reaches the device, so no PIL work runs per epoch. The batch drawn at global step `s`
+depends only on `(seed, s)`: a resumed run sees exactly the batches the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from diffexp.errors import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def digits_images(resolution: int = 16) -> torch.Tensor:
+    """scikit-learn's 1797 8x8 digits, bilinearly upscaled, as uint8 `[1797, 1, resolution, resolution]`."""
+    from sklearn.datasets import load_digits
+
+    x = torch.from_numpy(load_digits().images).float().div(16.0).unsqueeze(1)
+    if resolution != 8:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def digits_labels() -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.from_numpy(load_digits().target)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+class StepBatches:
+    """An epoch of batches of `images`, where the batch of global step `s` depends only on `(seed, s)`.
+
+    Iteration starts at the trainer's current global step, so resuming mid-epoch continues the same order.
+    Under DDP each rank takes its own slice of the same permutation.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        step: Callable[[], int],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.batch_size, self.seed, self.step = images, batch_size, seed, step
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = len(images) // (batch_size * world_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def batch_indices(self, step: int) -> torch.Tensor:
+        epoch, k = divmod(step, self.batches_per_epoch)
+        perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch))
+        start = (k * self.world_size + self.rank) * self.batch_size
+        return perm[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        step = self.step()
+        for k in range(step % self.batches_per_epoch, self.batches_per_epoch):
+            yield self.images[self.batch_indices(step + k - step % self.batches_per_epoch)]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Holds the uint8 image tensor; subclasses say how to load it.
+
+    Args:
+        resolution: side of the square training images, in pixels.
+        channels: 1 (greyscale) or 3 (RGB).
+        batch_size: images per step and device.
+        flip: random horizontal flips, applied on the device.
+        seed: seeds the data order (with the step).
+    """
+
+    def __init__(self, resolution: int, channels: int, batch_size: int, flip: bool, seed: int = 0) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels={channels}: use 1 (greyscale) or 3 (RGB)")
+        if resolution < 4:
+            raise ConfigError(f"data.resolution={resolution}: use at least 4 pixels")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size}: use a positive batch size")
+        self.resolution, self.channels, self.batch_size, self.flip, self.seed = (
+            resolution,
+            channels,
+            batch_size,
+            flip,
+            seed,
+        )
+        self.images: torch.Tensor | None = None
+
+    def load_images(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self) -> torch.Tensor:
+        """Loads the images once and checks them against the batch size; safe to call before training."""
+        if self.images is None:
+            images = self.load_images()
+            if len(images) < self.batch_size:
+                raise ConfigError(
+                    f"data.batch_size={self.batch_size} is larger than the dataset ({len(images)} images): "
+                    f"use data.batch_size<={len(images)}"
+                )
+            self.images = images
+        return self.images
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> StepBatches:
+        trainer = self.trainer
+        return StepBatches(
+            self.prepare(),
+            self.batch_size,
+            self.seed,
+            step=lambda: trainer.global_step if trainer is not None else 0,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        x = to_model_range(batch)
+        if self.flip:
+            step = self.trainer.global_step if self.trainer is not None else 0
+            g = torch.Generator().manual_seed(self.seed * 7919 + step)
+            mask = (torch.rand(len(x), generator=g) < 0.5).to(x.device)
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        return x
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's digits: 1797 images shipped with the package, no network."""
+
+    def load_images(self) -> torch.Tensor:
+        if self.channels != 1:
+            raise ConfigError(f"data.channels={self.channels}: the digits are greyscale, use data.channels=1")
+        return digits_images(self.resolution)
+
+
+def _preprocess(batch: dict, image_column: str, resolution: int, mode: str) -> dict:
+    """PIL images -> uint8 CHW arrays: convert, resize the short side, centre-crop."""
+    from PIL import Image
+
+    out = []
+    for img in batch[image_column]:
+        img = img.convert(mode)
+        w, h = img.size
+        scale = resolution / min(w, h)
+        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        img = img.crop((left, top, left + resolution, top + resolution))
+        arr = np.asarray(img, dtype=np.uint8)
+        out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return {"pixels": out}
+
+
+def _cached_tensor(ds, image_column: str, resolution: int, channels: int, what: str) -> torch.Tensor:
+    """Runs `_preprocess` through `datasets.map`, so the result is cached on disk by its fingerprint."""
+    import datasets
+
+    if image_column not in ds.column_names:
+        raise ConfigError(
+            f"data.image_column={image_column!r} is not a column of {what} (columns: {ds.column_names}): "
+            f"set data.image_column to the one holding the images"
+        )
+    features = datasets.Features({"pixels": datasets.Array3D((channels, resolution, resolution), "uint8")})
+    try:
+        ds = ds.map(
+            _preprocess,
+            batched=True,
+            batch_size=64,
+            remove_columns=ds.column_names,
+            features=features,
+            fn_kwargs={"image_column": image_column, "resolution": resolution, "mode": "L" if channels == 1 else "RGB"},
+            desc=f"Decoding {what} at {resolution}px (once; cached)",
+        )
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{what}: an image could not be decoded ({e}); remove or fix that file") from e
+    return torch.from_numpy(ds.with_format("numpy")[:]["pixels"])
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+class HubDataModule(ImageDataModule):
+    """Any Hugging Face image dataset by Hub name, or a local copy of one.
+
+    Args:
+        name: a Hub dataset (e.g. `huggan/smithsonian_butterflies_subset`), or a local folder holding a
+            copy: `Dataset.save_to_disk` output, or files `load_dataset` reads (parquet, an image folder).
+        image_column: the column holding the images.
+        split: which split to train on.
+    """
+
+    def __init__(self, name: str, image_column: str = "image", split: str = "train", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.name, self.image_column, self.split = name, image_column, split
+
+    def load_images(self) -> torch.Tensor:
+        import datasets
+
+        local = Path(self.name).expanduser()
+        if local.exists():
+            if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
+                ds = datasets.load_from_disk(str(local))
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds[self.split]
+            else:
+                ds = datasets.load_dataset(str(local), split=self.split)
+        else:
+            if not _hub_reachable():
+                raise ConfigError(
+                    f"data.name={self.name!r}: the Hugging Face Hub cannot be reached and this is no local "
+                    f"folder: download the dataset where there is network (Dataset.save_to_disk) and set "
+                    f"data.name to that folder, or use data=imagefolder"
+                )
+            ds = datasets.load_dataset(self.name, split=self.split)
+        return _cached_tensor(ds, self.image_column, self.resolution, self.channels, f"data.name={self.name!r}")
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """A local folder of images (sub-folders included), through `datasets`' imagefolder builder."""
+
+    def __init__(self, path: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+
+    def load_images(self) -> torch.Tensor:
+        import datasets
+
+        folder = Path(self.path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"data.path={self.path!r} is not a folder: point data.path at a folder of images")
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
+            raise ConfigError(
+                f"data.path={self.path!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+                f"add images or point data.path elsewhere"
+            )
+        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+        return _cached_tensor(ds, "image", self.resolution, self.channels, f"data.path={self.path!r}")

@@ -1,0 +1,163 @@
+"""Export: a run's weights as a diffusers `DDPMPipeline` folder with a model card, optionally pushed to the Hub.
+
+`python -m diffexp.export run=DIR [out=FOLDER] [push_to_hub=true repo_id=user/name]`
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import hydra
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from omegaconf import DictConfig
+
+from diffexp.config import CONF_DIR
+from diffexp.errors import ConfigError, report
+from diffexp.run_folder import atomic_folder, read_metrics
+
+log = logging.getLogger("diffexp.export")
+
+CARD = """---
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags:
+- pytorch
+- diffusers
+- unconditional-image-generation
+- diffusion-models-class
+- diffexp
+---
+
+# {title}
+
+An unconditional image diffusion model ({params:.2f}M-parameter `UNet2DModel`, {resolution} px, {channels} channel(s))
+trained with diffexp on `{dataset}`.
+{grid}
+## Usage
+
+```python
+from diffusers import DDPMPipeline
+
+pipeline = DDPMPipeline.from_pretrained("{repo}")
+images = pipeline(batch_size=16).images
+```
+
+## Recipe
+
+{recipe}
+
+## Figures
+
+{figures}
+
+The full Hydra config is in `diffexp_config.json`; `diffexp-reproduce` re-runs it.
+"""
+
+
+def _table(d: dict[str, Any]) -> str:
+    rows = [f"| `{k}` | {v} |" for k, v in d.items() if not isinstance(v, dict)]
+    return "| setting | value |\n| --- | --- |\n" + "\n".join(rows) if rows else "(none)"
+
+
+def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
+    """The Hub's model card conventions: YAML header, usage, the recipe and its figures."""
+    choices = config.get("choices", {})
+    data = config.get("data", {})
+    recipe = {f"{group}": choice for group, choice in choices.items()}
+    recipe.update(
+        {
+            "lr": config.get("optim", {}).get("optimizer", {}).get("lr"),
+            "batch_size": data.get("batch_size"),
+            "steps": config.get("trainer", {}).get("max_steps"),
+            "ema_decay": config.get("ema", {}).get("decay"),
+            "prediction_type": config.get("schedule", {}).get("prediction_type"),
+            "beta_schedule": config.get("schedule", {}).get("beta_schedule"),
+            "seed": config.get("seed"),
+        }
+    )
+    figures = {k: v for k, v in metrics.items() if k not in ("environment", "recipe") and not isinstance(v, dict)}
+    figures.update(
+        {f"{k}": v for k, v in metrics.get("eval", {}).items()} if isinstance(metrics.get("eval"), dict) else {}
+    )
+    return CARD.format(
+        title=repo.split("/")[-1],
+        params=metrics.get("parameters", 0) / 1e6,
+        resolution=data.get("resolution"),
+        channels=data.get("channels"),
+        dataset=data.get("name", choices.get("data", "?")),
+        grid="\n![samples](samples.png)\n" if has_grid else "",
+        repo=repo,
+        recipe=_table(recipe),
+        figures=_table(figures),
+    )
+
+
+def export_pipeline(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    folder: Path,
+    config: dict,
+    metrics: dict,
+    grid: Path | None = None,
+) -> Path:
+    """Writes the pipeline (safetensors) and its model card; an existing export is replaced only whole."""
+    with atomic_folder(Path(folder)) as tmp:
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
+        (tmp / "diffexp_config.json").write_text(json.dumps(config, indent=2, default=str))
+        if grid is not None and grid.exists():
+            shutil.copyfile(grid, tmp / "samples.png")
+        repo = config.get("export", {}).get("repo_id") or Path(folder).parent.name
+        (tmp / "README.md").write_text(model_card(config, metrics, repo, grid is not None and grid.exists()))
+    return Path(folder)
+
+
+def run(cfg: DictConfig) -> Path:
+    from diffexp.run_folder import load_run
+
+    run_dir = Path(cfg.run).expanduser()
+    if cfg.push_to_hub and not cfg.repo_id:
+        raise ConfigError("push_to_hub=true needs repo_id=<user>/<name>: add it")
+    loaded = load_run(run_dir)
+    out = Path(cfg.out).expanduser() if cfg.out else run_dir / "pipeline"
+    if out.exists() and not (out / "diffexp_config.json").exists() and out.resolve() != loaded.source.resolve():
+        raise ConfigError(f"out={out} already holds something that is not a diffexp export: choose another out=")
+    if out.resolve() != loaded.source.resolve():
+        grids = sorted((run_dir / "samples").glob("step_*.png"))
+        export_pipeline(
+            loaded.unet, loaded.scheduler, out, loaded.config, read_metrics(run_dir), grids[-1] if grids else None
+        )
+        log.info("exported %s", out)
+    if cfg.push_to_hub:
+        push(out, cfg.repo_id, cfg.private)
+    return out
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Uploads the pipeline folder with `huggingface_hub`; offline it fails at once with one line."""
+    from huggingface_hub import HfApi
+
+    from diffexp.data import _hub_reachable
+
+    if not _hub_reachable():
+        raise ConfigError(
+            f"push_to_hub=true: the Hugging Face Hub cannot be reached from here; the pipeline is at {folder}: "
+            f"upload it later from a machine with network (huggingface-cli upload {repo_id} {folder})"
+        )
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="diffexp export")
+    log.info("uploaded %s to %s", folder, repo_id)
+    return str(info)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    report(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

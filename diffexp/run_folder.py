@@ -1,0 +1,164 @@
+"""The run folder: what a run records besides its config, written atomically, and only into its own folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffexp.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def rank() -> int:
+    """The process rank Lightning's DDP launcher gives; 0 outside DDP."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0") or 0))
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether a run already wrote here (beyond Hydra's own record of the new job)."""
+    return any((folder / name).exists() for name in ("checkpoints", "metrics.json", "pipeline"))
+
+
+def check_own_folder(folder: Path, resuming: bool) -> None:
+    """A new run must not write into another run's folder; a resumed run and DDP's other ranks may."""
+    if holds_run(folder) and not resuming and rank() == 0:
+        raise ConfigError(
+            f"hydra.run.dir={folder} already holds a run: continue it with resume={folder}, "
+            f"or leave hydra.run.dir at its default so the run gets a new folder"
+        )
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes `path` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yields a temporary folder beside `path`; on success it replaces `path` whole, else it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def update_metrics(folder: Path, **fields: Any) -> dict[str, Any]:
+    """Merges `fields` into `metrics.json` (atomically) and returns the whole record."""
+    record = read_metrics(folder) | fields
+    atomic_write_text(Path(folder) / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+    """What besides the config decides a run's numbers: code version, library versions, threads."""
+    import diffusers
+    import pytorch_lightning
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+class LoadedRun:
+    """A trained model read back from a run folder or a pipeline folder."""
+
+    def __init__(self, unet, scheduler, config: dict, source: Path) -> None:
+        self.unet, self.scheduler, self.config, self.source = unet, scheduler, config, source
+
+
+def load_run(folder: Path) -> LoadedRun:
+    """Reads the UNet (EMA weights where EMA was on) and training scheduler of a run or pipeline folder.
+
+    A finished run's `pipeline/` is used; an unfinished one's `checkpoints/last.ckpt` (loaded with
+    `weights_only=True`, so it executes no code).
+    """
+    folder = Path(folder).expanduser()
+    pipeline = folder if (folder / "model_index.json").exists() else folder / "pipeline"
+    if (pipeline / "model_index.json").exists():
+        from diffusers import DDPMPipeline
+
+        if not any((pipeline / "unet").glob("*.safetensors")):
+            raise ConfigError(f"run={folder}: {pipeline / 'unet'} has no safetensors weights: export it again")
+        try:
+            pipe = DDPMPipeline.from_pretrained(pipeline, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"run={folder}: the pipeline in {pipeline} does not load ({e}): export it again") from e
+        config_file = pipeline / "diffexp_config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        return LoadedRun(pipe.unet.eval(), pipe.scheduler, config, pipeline)
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        return _load_checkpoint(ckpt, folder)
+    raise ConfigError(
+        f"run={folder} is neither a run folder (with pipeline/ or checkpoints/last.ckpt) nor a diffusers pipeline "
+        f"folder (with model_index.json): point run= at one"
+    )
+
+
+def _load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
+    from hydra.utils import instantiate
+
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        config = state["diffexp_config"]
+    except Exception as e:  # a truncated or foreign file: torch raises several kinds
+        raise ConfigError(
+            f"run={folder}: {ckpt} is not a readable diffexp checkpoint ({type(e).__name__}): resume or retrain the run"
+        ) from e
+    unet = instantiate(config["model"], _convert_="all")
+    weights = {k.removeprefix("unet."): v for k, v in state["state_dict"].items() if k.startswith("unet.")}
+    unet.load_state_dict(weights)
+    if "ema" in state:
+        for p, shadow in zip(unet.parameters(), state["ema"]["shadow_params"], strict=True):
+            p.data.copy_(shadow)
+    return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt)

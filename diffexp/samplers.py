@@ -1,0 +1,148 @@
+"""Sampling: the reverse-diffusion loop, and the diffusers schedulers that can drive it.
+
+Every sampler is built from the *training* betas (`trained_betas`), so each works with every training
+schedule, sigmoid included, and with `timestep_spacing="trailing"`, so few-step sampling starts at the noisiest
+timestep. All share one signature: `Sampler(unet, train_scheduler, noise, generator) -> images in [-1, 1]`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from diffexp.errors import ConfigError
+
+SCHEDULERS = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpm_solver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+
+
+def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> SchedulerMixin:
+    """A diffusers scheduler of kind `name` on the training schedule's exact betas."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"sampler.name={name!r}: use one of {sorted(SCHEDULERS)}")
+    cls, defaults = SCHEDULERS[name]
+    config = dict(train_scheduler.config)
+    config.update(
+        trained_betas=train_scheduler.betas.tolist(),
+        beta_schedule="linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise
+        rescale_betas_zero_snr=False,  # the training betas are already rescaled where asked
+        timestep_spacing="trailing",
+        steps_offset=0,
+    )
+    return cls.from_config(config, **{**defaults, **options})
+
+
+@torch.no_grad()
+def sample(
+    unet: UNet2DModel,
+    scheduler: SchedulerMixin,
+    noise: torch.Tensor,
+    steps: int,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The reverse process: start from `noise`, then for each t: predict with the UNet, `scheduler.step`.
+
+    Returns images in [-1, 1].
+    """
+    scheduler.set_timesteps(steps, device=noise.device)
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    extra = {"generator": generator} if takes_generator else {}
+    x = noise * scheduler.init_noise_sigma
+    for t in tqdm(
+        scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
+    ):
+        model_output = unet(scheduler.scale_model_input(x, t), t).sample
+        x = scheduler.step(model_output, t, x, **extra).prev_sample
+    return x.clamp(-1, 1)
+
+
+class Sampler:
+    """A named sampler with its number of steps.
+
+    Args:
+        name: `ddpm`, `ddim`, `dpm_solver`, `euler` or `unipc`.
+        steps: network evaluations per image (DDPM at fewer than the training steps skips timesteps).
+        batch_size: images denoised at once.
+        options: extra settings of the diffusers scheduler (e.g. `eta` for DDIM).
+    """
+
+    def __init__(self, name: str, steps: int, batch_size: int = 256, options: dict | None = None) -> None:
+        if name not in SCHEDULERS:
+            raise ConfigError(f"sampler.name={name!r}: use one of {sorted(SCHEDULERS)}")
+        if steps < 1:
+            raise ConfigError(f"sampler.steps={steps}: use at least 1 step")
+        if batch_size < 1:
+            raise ConfigError(f"sampler.batch_size={batch_size}: use a positive batch size")
+        self.name, self.steps, self.batch_size, self.options = name, steps, batch_size, dict(options or {})
+
+    def __call__(
+        self,
+        unet: UNet2DModel,
+        train_scheduler: DDPMScheduler,
+        noise: torch.Tensor,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        if self.steps > train_scheduler.config.num_train_timesteps:
+            raise ConfigError(
+                f"sampler.steps={self.steps} exceeds the {train_scheduler.config.num_train_timesteps} training "
+                f"timesteps: use sampler.steps<={train_scheduler.config.num_train_timesteps}"
+            )
+        scheduler = sampling_scheduler(self.name, train_scheduler, **self.options)
+        chunks = [
+            sample(unet, scheduler, chunk, self.steps, generator, progress) for chunk in noise.split(self.batch_size)
+        ]
+        return torch.cat(chunks)
+
+
+def fixed_noise(n: int, channels: int, resolution: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The same starting noise for the same seed, on any device."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, resolution, resolution, generator=g).to(device)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2):
+    """uint8 `[N, C, H, W]` -> one PIL image, `nrow` images a row."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images.cpu().numpy()):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = (
+            img.transpose(1, 2, 0)
+        )
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow)
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path

@@ -1,0 +1,237 @@
+"""diffexp-train: train one recipe into its run folder (`-m` sweeps many; `resume=DIR` continues one).
+
+The pieces, in the order `run` builds them: data (`data.py`), UNet (`model.py`), noise schedule
+(`schedule.py`), the LightningModule with the training step and EMA (`diffusion.py`), previews and loss record
+(`callbacks.py`), then the Lightning Trainer; at the end the pipeline export (`export.py`) and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
+from diffexp.callbacks import LossHistory, SampleGrid
+from diffexp.config import CONF_DIR, flatten
+from diffexp.diffusion import DiffusionModule
+from diffexp.errors import ConfigError, report
+from diffexp.export import export_pipeline
+from diffexp.run_folder import check_own_folder, holds_run, provenance, read_metrics, update_metrics
+from diffexp.schedule import plot_schedule
+
+log = logging.getLogger("diffexp.train")
+
+
+def check(cfg: DictConfig) -> None:
+    """Cross-field checks that need no building: each bad value gets one line before any work starts."""
+    lr = cfg.optim.optimizer.lr
+    if not lr > 0:
+        raise ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be > 0 (e.g. 1e-3)")
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: train at least 1 step")
+    if not 0 <= cfg.ema.decay < 1:
+        raise ConfigError(f"ema.decay={cfg.ema.decay}: use 0 (off) or a value in (0, 1), e.g. 0.999")
+    if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:
+        raise ConfigError(f"loss.snr_gamma={cfg.loss.snr_gamma}: use a positive gamma (e.g. 5) or null")
+    if cfg.model.in_channels != cfg.data.channels:
+        raise ConfigError(
+            f"model.in_channels={cfg.model.in_channels} but data.channels={cfg.data.channels}: make them equal "
+            f"(model.in_channels follows data.channels unless overridden)"
+        )
+    if cfg.model.sample_size != cfg.data.resolution:
+        raise ConfigError(
+            f"model.sample_size={cfg.model.sample_size} but data.resolution={cfg.data.resolution}: make them equal"
+        )
+    gpu_only = str(cfg.trainer.precision) in ("16-mixed", "16", "16-true")
+    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (
+        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if gpu_only and not on_gpu:
+        raise ConfigError(
+            f"trainer.precision={cfg.trainer.precision} needs a GPU: on CPU use trainer.precision=bf16-mixed or 32"
+        )
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible: use trainer=default"
+        )
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Trains the recipe `cfg` into Hydra's output folder; returns the final training loss."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    resuming = bool(cfg.resume)
+    if resuming:
+        cfg = _saved_config(run_dir, cfg)
+    check_own_folder(run_dir, resuming)
+    check(cfg)
+
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.prepare()  # bad data fails here, before anything is built or written
+    unet = instantiate(cfg.model, _convert_="all")
+    scheduler = instantiate(cfg.schedule)
+    sampler = instantiate(cfg.sampler)
+
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
+    module = DiffusionModule(
+        unet,
+        scheduler,
+        instantiate(cfg.optim.optimizer),
+        warmup_steps=cfg.optim.warmup_steps,
+        lr_decay=cfg.optim.decay,
+        ema_decay=cfg.ema.decay,
+        ema_warmup=cfg.ema.warmup,
+        ema_power=cfg.ema.power,
+        snr_gamma=cfg.loss.snr_gamma,
+        seed=cfg.seed,
+        config=config,
+    )
+    parameters = sum(p.numel() for p in unet.parameters())
+    record = read_metrics(run_dir) if resuming else {}
+    is_rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    if is_rank_zero:
+        record = update_metrics(
+            run_dir,
+            status="running",
+            parameters=parameters,
+            recipe=choices,
+            environment=provenance(),
+            wandb_id=record.get("wandb_id") or _new_id(),
+        )
+        plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
+
+    losses = LossHistory(run_dir / "losses.csv")
+    callbacks = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+            save_on_train_epoch_end=False,
+        ),
+        pl.callbacks.LearningRateMonitor(logging_interval="step"),
+        SampleGrid(run_dir / "samples", sampler, cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed),
+        losses,
+    ]
+    logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
+    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
+    if logger:
+        logger.log_hyperparams(flatten(config))
+
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    start, images_before = time.perf_counter(), record.get("images_seen", 0) if resuming else 0
+    steps_before = record.get("steps", 0) if resuming else 0
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt if resuming and ckpt.exists() else None)
+    seconds = time.perf_counter() - start + (record.get("train_seconds", 0) if resuming else 0)
+    if not trainer.is_global_zero:
+        return None
+
+    trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints
+    losses.save()
+    steps, values = losses.losses()
+    images = images_before + (trainer.global_step - steps_before) * cfg.data.batch_size * trainer.world_size
+    summary = {
+        "status": "failed" if losses.failure else "finished",
+        "reason": losses.failure,
+        "steps": trainer.global_step,
+        "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
+        "images_seen": images,
+        "train_seconds": round(seconds, 2),
+    }
+    _plot_losses(steps, values, run_dir / "plots" / "loss.png")
+    record = update_metrics(run_dir, **summary)
+    if not losses.failure:
+        grids = sorted((run_dir / "samples").glob("step_*.png"))
+        with module.ema_weights() as ema_unet:
+            export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grids[-1] if grids else None)
+    if logger and isinstance(logger, pl.loggers.WandbLogger):
+        logger.experiment.summary.update(
+            {k: v for k, v in summary.items() if v is not None} | {"parameters": parameters}
+        )
+        import wandb
+
+        wandb.finish(exit_code=1 if losses.failure else 0)
+    if losses.failure:
+        raise ConfigError(losses.failure)
+    log.info("run folder: %s", run_dir)
+    return summary["final_loss"]
+
+
+def _saved_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
+    """The recipe of the run being resumed, from its own `.hydra/config.yaml`."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not holds_run(run_dir) or not saved.exists():
+        raise ConfigError(f"resume={cfg.resume} is not a diffexp run folder (no .hydra/config.yaml or checkpoints/)")
+    old = OmegaConf.load(saved)
+    old.resume = cfg.resume
+    return old
+
+
+def _new_id() -> str:
+    import secrets
+
+    return secrets.token_hex(4)
+
+
+def _logger(cfg: DictConfig, run_dir: Path, choices: dict, wandb_id: str | None, hydra_cfg):
+    """The configured Lightning logger; W&B runs get an id kept across resumes, a sweep group and recipe tags."""
+    if not cfg.logger:
+        return None
+    if cfg.logger._target_.endswith("WandbLogger"):
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        tags = [f"{g}={choices[g]}" for g in ("model", "schedule", "data") if g in choices]
+        tags.append(f"prediction={cfg.schedule.prediction_type}")
+        return instantiate(
+            cfg.logger,
+            id=wandb_id,
+            resume="allow",
+            group=Path(hydra_cfg.sweep.dir).name if multirun else None,
+            name=f"{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}" if multirun else run_dir.name,
+            tags=tags,
+        )
+    return instantiate(cfg.logger)
+
+
+def _plot_losses(steps: list[int], values: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if values:
+        ax.plot(steps, values, alpha=0.3, label="per step")
+        k = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, label=f"mean of {k}")
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return report(run, cfg, in_multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""End to end training: real Trainer, real diffusers UNet and scheduler, real W&B offline files."""
+
+from __future__ import annotations
+
+import json
+
+import pytorch_lightning as pl
+import torch
+from diffusers import DDPMPipeline
+from hydra.utils import instantiate
+from wandb_records import read_run
+
+from diffexp.data import digits_images, to_model_range
+from diffexp.diffusion import DiffusionModule
+from diffexp.train import run
+
+
+def test_loss_falls_on_one_repeated_batch(tiny_cfg):
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    unet = instantiate(cfg.model, _convert_="all")
+    module = DiffusionModule(
+        unet,
+        instantiate(cfg.schedule),
+        instantiate(cfg.optim.optimizer),
+        warmup_steps=0,
+        lr_decay="constant",
+        ema_decay=0,
+    )
+    batch = to_model_range(digits_images(8)[:16])
+
+    class OneBatch(pl.LightningDataModule):
+        def train_dataloader(self):
+            return Repeat()
+
+    class Repeat:
+        def __iter__(self):
+            return iter([batch] * 60)
+
+        def __len__(self):
+            return 60
+
+    # The noise and timesteps change each step, so compare the mean of the first and last ten losses.
+    losses = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, b, i):
+            losses.append(float(outputs["loss"]))
+
+    trainer = pl.Trainer(
+        max_steps=60,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[Record()],
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=OneBatch())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+
+
+def test_run_folder_is_complete_and_pipeline_samples(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    final_loss = run(cfg)
+    folder = tmp_path / "run"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["steps"] == 4
+    assert metrics["images_seen"] == 4 * 16
+    assert metrics["final_loss"] == final_loss
+    assert metrics["parameters"] == sum(p.numel() for p in instantiate(cfg.model, _convert_="all").parameters())
+    env = metrics["environment"]
+    assert env["threads"] == 2 and env["torch"] == torch.__version__ and "git_commit" in env and "git_dirty" in env
+    for path in [
+        "checkpoints/last.ckpt",
+        "plots/loss.png",
+        "plots/schedule.png",
+        "losses.csv",
+        "samples/step_000002.png",
+        "samples/step_000004.png",
+        "pipeline/README.md",
+        "pipeline/unet/diffusion_pytorch_model.safetensors",
+    ]:
+        assert (folder / path).exists(), path
+    assert len((folder / "losses.csv").read_text().splitlines()) == 1 + 4
+    card = (folder / "pipeline/README.md").read_text()
+    assert "library_name: diffusers" in card and "final_loss" in card
+
+    pipe = DDPMPipeline.from_pretrained(folder / "pipeline", use_safetensors=True)
+    out = pipe(batch_size=2, num_inference_steps=3, output_type="np").images
+    assert out.shape == (2, 8, 8, 1)
+
+    ckpt = torch.load(folder / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["diffexp_config"]["model"]["block_out_channels"] == [32, 32]
+    assert "ema" in ckpt
+
+
+def test_exported_weights_are_the_ema_weights(tiny_cfg, tmp_path):
+    run(tiny_cfg("ema.decay=0.5", "ema.warmup=false"))
+    folder = tmp_path / "run"
+    ckpt = torch.load(folder / "checkpoints/last.ckpt", weights_only=True)
+    pipe = DDPMPipeline.from_pretrained(folder / "pipeline", use_safetensors=True)
+    exported = list(pipe.unet.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(exported, ckpt["ema"]["shadow_params"], strict=True))
+    trained = [v for k, v in ckpt["state_dict"].items() if k.startswith("unet.")]
+    assert not all(torch.equal(a, b) for a, b in zip(exported, trained, strict=True))
+
+
+def test_wandb_offline_run_holds_config_losses_and_images(tiny_cfg, tmp_path):
+    run(tiny_cfg("logger=wandb"))
+    (wandb_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    rec = read_run(wandb_dir)
+    assert rec["config"]["optim.optimizer.lr"] == 2e-3 and rec["config"]["model.block_out_channels"] == [32, 32]
+    steps = {h["trainer/global_step"]: h["train/loss"] for h in rec["history"] if "train/loss" in h}
+    assert sorted(steps) == [0, 1, 2, 3]
+    losses = (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]
+    assert [float(line.split(",")[1]) for line in losses] == [steps[s] for s in range(4)]
+    assert any("lr-AdamW" in h for h in rec["history"])
+    images = [f for f in rec["files"] if f.startswith("media/images/samples")]
+    assert len(images) >= 2 and all((wandb_dir / "files" / f).exists() for f in images)
+    assert rec["summary"]["images_seen"] == 64 and rec["summary"]["parameters"] > 0
+    assert "train_seconds" in rec["summary"] and rec["exit"] == 0
+    assert "model=tiny" in rec["run"]["tags"]
