@@ -108,3 +108,60 @@ def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
 
             img = np.asarray(Image.open(path).convert("RGB"))
             logger.experiment.add_image(key, torch.from_numpy(img).permute(2, 0, 1), step)
+
+
+class Evaluate(pl.Callback):
+    """Scores the EMA model every `every_n_steps` (and at the last step) with the offline metrics.
+
+    Rank 0 samples `n_samples` images from fixed noise with a fast sampler and scores their features against
+    the cached reference set; the figures go to the logger as `eval/<metric>` (all ranks receive them, so a
+    `ModelCheckpoint(monitor="eval/fid")` keeps the best checkpoint under DDP too) and into `history`.
+    """
+
+    def __init__(
+        self,
+        net,
+        real_features: torch.Tensor,
+        sampler: Sampler,
+        n_samples: int,
+        every_n_steps: int,
+        seed: int = 1,
+        kid_subset_size: int = 100,
+    ) -> None:
+        self.net, self.real_features, self.sampler = net, real_features, sampler
+        self.n_samples, self.every_n_steps, self.seed, self.kid_subset_size = (
+            n_samples,
+            every_n_steps,
+            seed,
+            kid_subset_size,
+        )
+        self.history: list[dict] = []
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        step = trainer.global_step
+        return step == trainer.max_steps or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.due(trainer):
+            return
+        figures = self.score(pl_module) if trainer.is_global_zero else None
+        figures = trainer.strategy.broadcast(figures, src=0)
+        for name in ("fid", "kid", "precision", "recall"):
+            pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
+        self.history.append({"step": trainer.global_step} | figures)
+
+    def score(self, pl_module) -> dict:
+        from diffexp.metrics import score
+
+        unet = pl_module.unet
+        noise = fixed_noise(
+            self.n_samples, unet.config.in_channels, unet.config.sample_size, self.seed, pl_module.device
+        )
+        was_training = unet.training
+        unet.eval()
+        with pl_module.ema_weights():
+            images = to_uint8(self.sampler(unet, pl_module.scheduler, noise, progress=False))
+        unet.train(was_training)
+        fake = self.net.to(pl_module.device).features(images).cpu()
+        figures = score(self.real_features, fake, self.net.name, kid_subset_size=self.kid_subset_size)
+        return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}

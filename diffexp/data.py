@@ -132,13 +132,21 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StepBatches:
         trainer = self.trainer
+        images = self.prepare()
+        world_size = trainer.world_size if trainer is not None else 1
+        if len(images) < self.batch_size * world_size:  # else an epoch holds no batch at all
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} on {world_size} devices takes {self.batch_size * world_size} "
+                f"images a step, more than the dataset's {len(images)}: "
+                f"use data.batch_size<={len(images) // world_size}"
+            )
         return StepBatches(
-            self.prepare(),
+            images,
             self.batch_size,
             self.seed,
             step=lambda: trainer.global_step if trainer is not None else 0,
             rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
+            world_size=world_size,
         )
 
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
@@ -200,7 +208,8 @@ def _cached_tensor(ds, image_column: str, resolution: int, channels: int, what: 
         )
     except (OSError, ValueError, AttributeError) as e:
         raise ConfigError(f"{what}: an image could not be decoded ({e}); remove or fix that file") from e
-    return torch.from_numpy(ds.with_format("numpy")[:]["pixels"])
+    # dtype: datasets' numpy formatter widens integer arrays to int64 unless told otherwise (8x the memory).
+    return torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:]["pixels"])
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

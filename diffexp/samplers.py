@@ -136,11 +136,11 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2):
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1, pad: int = 2) -> Path:
     """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible."""
     from PIL import Image
 
-    grid = image_grid(images, nrow)
+    grid = image_grid(images, nrow, pad)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
-from diffexp.callbacks import LossHistory, SampleGrid
+from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
 from diffexp.config import CONF_DIR, flatten
 from diffexp.diffusion import DiffusionModule
 from diffexp.errors import ConfigError, report
 from diffexp.export import export_pipeline
-from diffexp.run_folder import check_own_folder, holds_run, provenance, read_metrics, update_metrics
+from diffexp.run_folder import check_own_folder, holds_run, provenance, rank, read_metrics, update_metrics
+from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
 
 log = logging.getLogger("diffexp.train")
@@ -67,7 +68,11 @@ def check(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Trains the recipe `cfg` into Hydra's output folder; returns the final training loss."""
+    """Trains the recipe `cfg` into Hydra's output folder.
+
+    Returns the figure a sweep optimises: the final `eval.monitor` metric where evaluation is on, else the
+    final training loss.
+    """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     resuming = bool(cfg.resume)
@@ -79,10 +84,10 @@ def run(cfg: DictConfig) -> float | None:
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
-    datamodule.prepare()  # bad data fails here, before anything is built or written
+    images = datamodule.prepare()  # bad data fails here, before anything is built or written
+    evaluate = _evaluation(cfg, images, instantiate(cfg.sampler))  # so does a bad eval setting
     unet = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.schedule)
-    sampler = instantiate(cfg.sampler)
 
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
@@ -101,8 +106,7 @@ def run(cfg: DictConfig) -> float | None:
     )
     parameters = sum(p.numel() for p in unet.parameters())
     record = read_metrics(run_dir) if resuming else {}
-    is_rank_zero = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-    if is_rank_zero:
+    if rank() == 0:
         record = update_metrics(
             run_dir,
             status="running",
@@ -114,60 +118,111 @@ def run(cfg: DictConfig) -> float | None:
         plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
 
     losses = LossHistory(run_dir / "losses.csv")
-    callbacks = [
-        pl.callbacks.ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=cfg.checkpoint.every_n_steps,
-            save_on_train_epoch_end=False,
-        ),
-        pl.callbacks.LearningRateMonitor(logging_interval="step"),
-        SampleGrid(run_dir / "samples", sampler, cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed),
-        losses,
-    ]
+    callbacks = _callbacks(cfg, run_dir, losses, evaluate)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
+    if logger:
+        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
     if logger:
         logger.log_hyperparams(flatten(config))
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    start, images_before = time.perf_counter(), record.get("images_seen", 0) if resuming else 0
-    steps_before = record.get("steps", 0) if resuming else 0
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt if resuming and ckpt.exists() else None)
-    seconds = time.perf_counter() - start + (record.get("train_seconds", 0) if resuming else 0)
+    trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints (all ranks)
     if not trainer.is_global_zero:
         return None
 
-    trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints
     losses.save()
     steps, values = losses.losses()
-    images = images_before + (trainer.global_step - steps_before) * cfg.data.batch_size * trainer.world_size
     summary = {
         "status": "failed" if losses.failure else "finished",
         "reason": losses.failure,
         "steps": trainer.global_step,
         "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
-        "images_seen": images,
-        "train_seconds": round(seconds, 2),
+        "images_seen": trainer.global_step * cfg.data.batch_size * trainer.world_size,
+        "train_seconds": round(time.perf_counter() - start + record.get("train_seconds", 0), 2),
     }
+    if evaluate is not None and evaluate.history:
+        monitor = cfg.eval.monitor
+        best = min(evaluate.history, key=lambda h: h[monitor]) if monitor else None
+        summary |= {"eval": evaluate.history[-1], "eval_best": best, "eval_history": evaluate.history}
     _plot_losses(steps, values, run_dir / "plots" / "loss.png")
     record = update_metrics(run_dir, **summary)
     if not losses.failure:
         grids = sorted((run_dir / "samples").glob("step_*.png"))
         with module.ema_weights() as ema_unet:
             export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grids[-1] if grids else None)
-    if logger and isinstance(logger, pl.loggers.WandbLogger):
-        logger.experiment.summary.update(
-            {k: v for k, v in summary.items() if v is not None} | {"parameters": parameters}
-        )
+    if isinstance(logger, pl.loggers.WandbLogger):
+        flat = flatten({k: v for k, v in summary.items() if k != "eval_history" and v is not None})
+        logger.experiment.summary.update(flat | {"parameters": parameters})
         import wandb
 
         wandb.finish(exit_code=1 if losses.failure else 0)
     if losses.failure:
         raise ConfigError(losses.failure)
     log.info("run folder: %s", run_dir)
+    if "eval" in summary and cfg.eval.monitor:
+        return summary["eval"][cfg.eval.monitor]
     return summary["final_loss"]
+
+
+def _evaluation(cfg: DictConfig, images: torch.Tensor, sampler) -> Evaluate | None:
+    """The in-training evaluation callback, with the reference features of this dataset (cached on disk)."""
+    if not cfg.eval.net:
+        return None
+    from diffexp.features import load_feature_net
+    from diffexp.metrics import check_sample_count, reference_features
+
+    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution)
+    check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
+    key = str(cfg.data.get("name") or cfg.data.get("path") or cfg.data._target_.rsplit(".", 1)[-1])
+    real = reference_features(images, net, key, Path(cfg.eval.cache_dir).expanduser(), cfg.eval.reference_size)
+    fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
+    return Evaluate(
+        net,
+        real,
+        fast,
+        cfg.eval.n_samples,
+        cfg.eval.every_n_steps,
+        seed=cfg.seed + 1,
+        kid_subset_size=cfg.eval.kid_subset_size,
+    )
+
+
+def _callbacks(cfg: DictConfig, run_dir: Path, losses: LossHistory, evaluate: Evaluate | None) -> list:
+    """Checkpoints (last, and best by `eval.monitor`), preview grids, the loss record, the evaluation."""
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=checkpoints,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+            save_on_train_epoch_end=False,
+        ),
+        SampleGrid(
+            run_dir / "samples", instantiate(cfg.sampler), cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed
+        ),
+        losses,
+    ]
+    if evaluate is not None:
+        callbacks.append(evaluate)
+        if cfg.eval.monitor:
+            callbacks.append(
+                pl.callbacks.ModelCheckpoint(
+                    dirpath=checkpoints,
+                    filename="best",
+                    monitor=f"eval/{cfg.eval.monitor}",
+                    mode="max" if cfg.eval.monitor in ("precision", "recall") else "min",
+                    save_top_k=1,
+                    auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                    every_n_train_steps=1,  # compares only; it writes when a new evaluation beats the best
+                    save_on_train_epoch_end=False,
+                )
+            )
+    return callbacks
 
 
 def _saved_config(run_dir: Path, cfg: DictConfig) -> DictConfig:

@@ -11,6 +11,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("DIFFEXP_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest-cache"))
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -38,6 +39,7 @@ TINY = [
     "preview.every_n_steps=2",
     "checkpoint.every_n_steps=2",
     "threads=2",
+    "eval=none",
 ]
 
 

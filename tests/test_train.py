@@ -121,3 +121,29 @@ def test_wandb_offline_run_holds_config_losses_and_images(tiny_cfg, tmp_path):
     assert rec["summary"]["images_seen"] == 64 and rec["summary"]["parameters"] > 0
     assert "train_seconds" in rec["summary"] and rec["exit"] == 0
     assert "model=tiny" in rec["run"]["tags"]
+
+
+def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(tiny_cfg, tmp_path):
+    final = run(
+        tiny_cfg(
+            "eval=digits",
+            "data.resolution=16",
+            "eval.n_samples=64",
+            "eval.every_n_steps=2",
+            "eval.reference_size=200",
+            "eval.sampler_steps=2",
+        )
+    )
+    folder = tmp_path / "run"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    history = metrics["eval_history"]
+    assert [h["step"] for h in history] == [2, 4]
+    assert all(h["feature_net"] == "digits" and h["n_fake"] == 64 and h["n_real"] == 200 for h in history)
+    assert all(h["sampler"] == "dpm_solver" and h["sampler_steps"] == 2 for h in history)
+    assert metrics["eval"] == history[-1] and final == history[-1]["fid"]
+    assert metrics["eval_best"]["fid"] == min(h["fid"] for h in history)
+    assert (folder / "checkpoints" / "best.ckpt").exists()
+    best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == metrics["eval_best"]["step"]
+    logged = (folder / "csv" / "metrics.csv").read_text().splitlines()
+    assert "eval/fid" in logged[0]

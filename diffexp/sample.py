@@ -1,0 +1,77 @@
+"""diffexp-sample: a PNG grid from a run or pipeline folder, into `RUN/samples/`, never over an existing file.
+
+`diffexp-sample run=DIR sampler=dpm_solver sampler.steps=20 n=64 seed=0`
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from diffexp.config import CONF_DIR
+from diffexp.data import to_uint8
+from diffexp.errors import ConfigError, report
+from diffexp.run_folder import load_run
+from diffexp.samplers import fixed_noise, save_grid
+
+log = logging.getLogger("diffexp.sample")
+
+
+def free_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
+    """`folder/stem.png`, or `stem-2.png`, `stem-3.png`... whichever does not exist yet."""
+    path, k = folder / f"{stem}{suffix}", 2
+    while path.exists():
+        path, k = folder / f"{stem}-{k}{suffix}", k + 1
+    return path
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA GPU is visible: use device=cpu or device=auto")
+    return torch.device(device)
+
+
+def run(cfg: DictConfig) -> Path:
+    if cfg.n < 1:
+        raise ConfigError(f"n={cfg.n}: sample at least 1 image")
+    sampler = instantiate(cfg.sampler)
+    device = pick_device(cfg.device)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    loaded = load_run(Path(cfg.run))
+    unet = loaded.unet.to(device)
+    if sampler.steps > loaded.scheduler.config.num_train_timesteps:
+        raise ConfigError(
+            f"sampler.steps={sampler.steps} exceeds the model's {loaded.scheduler.config.num_train_timesteps} "
+            f"training timesteps: lower sampler.steps"
+        )
+    noise = fixed_noise(cfg.n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    images = to_uint8(sampler(unet, loaded.scheduler, noise, generator=generator))
+
+    stem = f"{sampler.name}-{sampler.steps}steps-seed{cfg.seed}-n{cfg.n}"
+    folder = Path(cfg.run) / "samples"
+    path = save_grid(images, free_path(folder, stem), nrow=cfg.nrow, scale=max(1, 64 // unet.config.sample_size))
+    if cfg.singles:
+        singles = path.with_suffix("")
+        for i, img in enumerate(images):
+            save_grid(img[None], singles / f"{i:04d}.png", pad=0)
+    log.info("wrote %s", path)
+    print(path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
+def main(cfg: DictConfig) -> None:
+    report(run, cfg)
+
+
+if __name__ == "__main__":
+    main()
