@@ -1,0 +1,84 @@
+"""The commands as users run them: real subprocesses, DDP with two CPU processes, a two-job multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, TINY
+from wandb_records import read_run
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def diffexp(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / f"diffexp-{command}"
+    return subprocess.run([str(exe), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ddp_trains_with_two_cpu_processes_and_rank_zero_writes(tmp_path):
+    folder = tmp_path / "ddp"
+    out = diffexp("train", *TINY, "trainer=ddp", "logger=csv", "threads=1", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Starting with 2 processes" in out.stderr + out.stdout
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["images_seen"] == 4 * 16 * 2
+    assert (folder / "train_ddp_process_1.log").exists()  # rank 1 ran in rank 0's folder
+    assert (folder / "pipeline" / "model_index.json").exists() and (folder / "checkpoints" / "last.ckpt").exists()
+    assert not list(folder.glob(".pl_hydra*"))
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
+
+
+def test_two_job_multirun_gives_two_wandb_runs_grouped_by_sweep(tmp_path):
+    sweep = tmp_path / "multirun" / "lr-sweep"
+    out = diffexp(
+        "train", "-m", *TINY, "optim.optimizer.lr=1e-3,3e-4", "logger=wandb", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = []
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "finished"
+        (wandb_dir,) = (sweep / job / "wandb").glob("offline-run-*")
+        runs.append(read_run(wandb_dir))
+    assert {r["run"]["group"] for r in runs} == {"lr-sweep"}
+    assert len({r["run"]["id"] for r in runs}) == 2
+    assert sorted(r["config"]["optim.optimizer.lr"] for r in runs) == [3e-4, 1e-3]
+    assert all(r["exit"] == 0 and any("train/loss" in h for h in r["history"]) for r in runs)
+
+
+def test_commands_run_as_modules_and_from_any_folder(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "diffexp.train", "--cfg", "job", "model=small"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "block_out_channels:\n  - 32\n  - 64\n  - 128" in out.stdout
+    for command in ("sample", "evaluate", "export"):
+        out = diffexp(command, "--help", cwd=tmp_path)
+        assert out.returncode == 0 and "run" in out.stdout, command
+    assert REPO.joinpath("conf", "train.yaml").exists()
+
+
+def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tiny_cfg):
+    from PIL import Image
+
+    from diffexp.train import run
+
+    run(tiny_cfg())
+    folder = tmp_path / "run"
+    args = [f"run={folder}", "sampler=ddim", "sampler.steps=3", "n=6", "seed=3", "singles=true", "threads=2"]
+    first, second = diffexp("sample", *args, cwd=tmp_path), diffexp("sample", *args, cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    a, b = folder / "samples" / "ddim-3steps-seed3-n6.png", folder / "samples" / "ddim-3steps-seed3-n6-2.png"
+    assert a.exists() and b.exists()
+    assert Image.open(a).tobytes() == Image.open(b).tobytes()
+    assert len(list((folder / "samples" / "ddim-3steps-seed3-n6").glob("*.png"))) == 6
+    bad = diffexp("sample", f"run={tmp_path}", cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: run=")
