@@ -67,8 +67,11 @@ def check(cfg: DictConfig) -> None:
         )
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     """Trains the recipe `cfg` into Hydra's output folder.
+
+    `choices` (the option picked in each config group) defaults to this Hydra job's; `reproduce` passes the
+    original run's.
 
     Returns the figure a sweep optimises: the final `eval.monitor` metric where evaluation is on, else the
     final training loss.
@@ -89,7 +92,8 @@ def run(cfg: DictConfig) -> float | None:
     unet = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.schedule)
 
-    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    if choices is None:
+        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
     module = DiffusionModule(
         unet,

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from diffexp.config import CONF_DIR  # noqa: E402
 
@@ -53,8 +53,15 @@ def compose_train(overrides: list[str], output_dir: Path, name: str = "train") -
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = cfg.hydra
     with open_dict(cfg):
         del cfg["hydra"]
+    if name == "train":  # what Hydra's run_job saves before the task runs
+        record = output_dir / ".hydra"
+        record.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, record / "config.yaml")
+        OmegaConf.save({"hydra": hydra_cfg}, record / "hydra.yaml")
+        OmegaConf.save(list(overrides), record / "overrides.yaml")
     return cfg
 
 
