@@ -26,7 +26,8 @@ class LossHistory(pl.Callback):
         self.bad_steps = 0
         self.failure: str | None = None
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After a resume the checkpoint's step is known here: keep the rows before it, retrain the rest.
         if self.path.exists():
             with self.path.open() as f:
                 for row in csv.DictReader(f):

@@ -25,6 +25,10 @@ def _record_subdir(output_dir: str, resume: str | None) -> str | None:
     return ".hydra"
 
 
+def _sweep_dir(name: str, tag: str | None) -> str:
+    return f"{name}-{tag}" if tag else str(name)
+
+
 def wandb_offline() -> bool:
     """W&B runs offline unless the user has a key (env or ~/.netrc) or forces `WANDB_MODE=online`."""
     if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
@@ -42,6 +46,7 @@ def register_resolvers() -> None:
         "uid": lambda: _UID,
         "run_dir": _run_dir,
         "record_subdir": _record_subdir,
+        "sweep_dir": _sweep_dir,
         "wandb_offline": wandb_offline,
     }.items():
         if not OmegaConf.has_resolver(name):

@@ -244,6 +244,11 @@ class HubDataModule(ImageDataModule):
             if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
                 ds = datasets.load_from_disk(str(local))
                 if isinstance(ds, datasets.DatasetDict):
+                    if self.split not in ds:
+                        raise ConfigError(
+                            f"data.split={self.split!r} is not a split of data.name={self.name!r} "
+                            f"(splits: {sorted(ds)}): set data.split to one of them"
+                        )
                     ds = ds[self.split]
             else:
                 ds = datasets.load_dataset(str(local), split=self.split)
@@ -256,6 +261,11 @@ class HubDataModule(ImageDataModule):
                 )
             ds = datasets.load_dataset(self.name, split=self.split)
         return _cached_tensor(ds, self.image_column, self.resolution, self.channels, f"data.name={self.name!r}")
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """Whether `datasets`' imagefolder reads this file: it skips names starting with "." or "__" at any depth."""
+    return not any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -271,10 +281,11 @@ class ImageFolderDataModule(ImageDataModule):
         folder = Path(self.path).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"data.path={self.path!r} is not a folder: point data.path at a folder of images")
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
+        images = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not any(_visible(p, folder) for p in images):
             raise ConfigError(
-                f"data.path={self.path!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): "
-                f"add images or point data.path elsewhere"
+                f"data.path={self.path!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}; files and folders "
+                f"named .* or __* are skipped): add images or point data.path elsewhere"
             )
         ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
         return _cached_tensor(ds, "image", self.resolution, self.channels, f"data.path={self.path!r}")

@@ -1,4 +1,4 @@
-"""The one kind of error a user can fix by changing a setting, and how entry points report it."""
+"""The one kind of error a user can fix by changing a setting, and how entry points report errors."""
 
 from __future__ import annotations
 
@@ -15,19 +15,30 @@ class ConfigError(ValueError):
     """A bad setting: the message is one line naming the setting and the fix."""
 
 
-def report(run: Callable[[Any], Any], cfg: Any, in_multirun: bool = False) -> Any:
+def report(
+    run: Callable[[Any], Any],
+    cfg: Any,
+    in_multirun: bool = False,
+    record_failure: Callable[[str], None] | None = None,
+) -> Any:
     """Runs an entry point's `run(cfg)`; a ConfigError becomes one line and exit status 2, with no traceback.
 
-    Inside a Hydra multirun the line is logged and the job returns None instead, so the sweep goes on
-    (`sys.exit` in one job would end them all). `HYDRA_FULL_ERROR=1` keeps the full traceback.
+    Any failure is first handed to `record_failure`, so the run's folder can say why it failed.
+
+    Inside a Hydra multirun any failure is logged as one line and the job returns None, so the sweep goes on
+    (`sys.exit` in one job would end them all) and an Optuna sweeper records the trial as failed.
+    `HYDRA_FULL_ERROR=1` keeps the full traceback.
     """
     try:
         return run(cfg)
-    except ConfigError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        line = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".splitlines()[0]
+        if record_failure is not None:
+            record_failure(line)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_multirun or isinstance(e, ConfigError)):
             raise
-        if in_multirun:
-            log.error("error: %s", e)
-            return None
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not in_multirun:
+            print(f"error: {line}", file=sys.stderr)
+            sys.exit(2)
+        log.error("error: %s", line)
+        return None

@@ -8,8 +8,10 @@ The pieces, in the order `run` builds them: data (`data.py`), UNet (`model.py`),
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -31,6 +33,7 @@ from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
 
 log = logging.getLogger("diffexp.train")
+HIGHER_IS_BETTER = {"precision", "recall"}
 
 
 def check(cfg: DictConfig) -> None:
@@ -81,6 +84,12 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     resuming = bool(cfg.resume)
     if resuming:
         cfg = _saved_config(run_dir, cfg)
+    elif hydra_cfg.mode == RunMode.MULTIRUN and holds_run(run_dir):
+        # The same sweep command again: skip finished jobs, resume unfinished ones from their last checkpoint.
+        done = _earlier_job(run_dir, list(hydra_cfg.overrides.task))
+        if done is not None:
+            return done
+        resuming = True
     check_own_folder(run_dir, resuming)
     check(cfg)
 
@@ -127,6 +136,8 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     if logger:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
+    if cfg.budget.images:  # a budget in images seen, so recipes with other batch sizes get the same compute
+        trainer.fit_loop.max_steps = math.ceil(cfg.budget.images / (cfg.data.batch_size * trainer.world_size))
     if logger:
         logger.log_hyperparams(flatten(config))
 
@@ -148,9 +159,12 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         "train_seconds": round(time.perf_counter() - start + record.get("train_seconds", 0), 2),
     }
     if evaluate is not None and evaluate.history:
-        monitor = cfg.eval.monitor
-        best = min(evaluate.history, key=lambda h: h[monitor]) if monitor else None
+        monitor, sign = cfg.eval.monitor, (-1 if cfg.eval.monitor in HIGHER_IS_BETTER else 1)
+        best = min(evaluate.history, key=lambda h: sign * h[monitor]) if monitor else None
         summary |= {"eval": evaluate.history[-1], "eval_best": best, "eval_history": evaluate.history}
+    monitored = "eval" in summary and cfg.eval.monitor
+    summary["objective"] = summary["eval"][cfg.eval.monitor] if monitored else summary["final_loss"]
+    summary["objective_name"] = f"eval/{cfg.eval.monitor}" if monitored else "final_loss"
     _plot_losses(steps, values, run_dir / "plots" / "loss.png")
     record = update_metrics(run_dir, **summary)
     if not losses.failure:
@@ -166,9 +180,7 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     if losses.failure:
         raise ConfigError(losses.failure)
     log.info("run folder: %s", run_dir)
-    if "eval" in summary and cfg.eval.monitor:
-        return summary["eval"][cfg.eval.monitor]
-    return summary["final_loss"]
+    return summary["objective"]
 
 
 def _evaluation(cfg: DictConfig, images: torch.Tensor, sampler) -> Evaluate | None:
@@ -218,7 +230,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, losses: LossHistory, evaluate: Ev
                     dirpath=checkpoints,
                     filename="best",
                     monitor=f"eval/{cfg.eval.monitor}",
-                    mode="max" if cfg.eval.monitor in ("precision", "recall") else "min",
+                    mode="max" if cfg.eval.monitor in HIGHER_IS_BETTER else "min",
                     save_top_k=1,
                     auto_insert_metric_name=False,
                     enable_version_counter=False,
@@ -227,6 +239,22 @@ def _callbacks(cfg: DictConfig, run_dir: Path, losses: LossHistory, evaluate: Ev
                 )
             )
     return callbacks
+
+
+def _earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
+    """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if saved.exists() and list(OmegaConf.load(saved)) != overrides:
+        raise ConfigError(
+            f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
+            f"different sweep; give it a new name with tag=<new tag>"
+        )
+    record = read_metrics(run_dir)
+    if record.get("status") != "finished":
+        log.info("resuming unfinished job %s", run_dir)
+        return None
+    log.info("skipping finished job %s", run_dir)
+    return record["objective"]
 
 
 def _saved_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
@@ -287,9 +315,24 @@ def _plot_losses(steps: list[int], values: list[float], path: Path) -> None:
     plt.close(fig)
 
 
+def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
+    """A failed run says why in its metrics.json, and its W&B run is marked failed.
+
+    A single run refused before any work keeps its folder as Hydra left it; a sweep job always records.
+    """
+    if rank() == 0 and (multirun or (run_dir / "metrics.json").exists()):
+        update_metrics(run_dir, status="failed", reason=reason)
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=1)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return report(run, cfg, in_multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return report(run, cfg, multirun, partial(_record_failure, Path(hydra_cfg.runtime.output_dir), multirun))
 
 
 if __name__ == "__main__":

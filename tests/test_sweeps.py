@@ -1,0 +1,95 @@
+"""Sweeps as users launch them: every job runs, failures don't stop the others, a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+from test_cli import ENV, diffexp
+
+QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
+
+
+def jobs(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))}
+
+
+@pytest.mark.slow
+def test_size_lr_sweep_launches_every_job_of_its_grid(tmp_path):
+    out = diffexp(
+        "train", "-m", "sweep=size_lr", *QUICK, "budget.images=16", "data.resolution=16", cwd=tmp_path, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = jobs(tmp_path / "multirun" / "size_lr")
+    assert len(found) == 3 * 4 and all(j["status"] == "finished" and j["steps"] == 1 for j in found.values())
+    recipes = {(j["recipe"]["model"], json.loads(json.dumps(j))["parameters"]) for j in found.values()}
+    assert {m for m, _ in recipes} == {"tiny", "small", "base"}
+
+
+def test_failing_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "multirun" / "faults"
+    out = diffexp(
+        "train",
+        "-m",
+        *QUICK,
+        "optim.optimizer.lr=-1,1e6,1e-3",
+        "optim.grad_clip=null",
+        "trainer.max_steps=12",
+        "sweep_name=faults",
+        cwd=tmp_path,
+    )
+    found = jobs(sweep)
+    assert found["0"]["status"] == "failed" and "optim.optimizer.lr=-1" in found["0"]["reason"]
+    assert found["1"]["status"] == "failed" and "loss is" in found["1"]["reason"], found["1"]
+    assert found["2"]["status"] == "finished"
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "error: optim.optimizer.lr=-1" in (sweep / "0" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_rerunning_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path):
+    args = [
+        "-m",
+        *QUICK,
+        "optim.optimizer.lr=1e-3,2e-3",
+        "trainer.max_steps=300",
+        "checkpoint.every_n_steps=20",
+        "sweep_name=resumable",
+    ]
+    sweep = tmp_path / "multirun" / "resumable"
+    exe = Path(sys.executable).parent / "diffexp-train"
+    proc = subprocess.Popen(
+        [str(exe), *args],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (sweep / "1" / "checkpoints" / "last.ckpt").exists():  # job 0 finished, job 1 under way
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = jobs(sweep)
+    assert first["0"]["status"] == "finished" and first["1"]["status"] == "running"
+    finished_files = {p: p.stat().st_mtime_ns for p in (sweep / "0").rglob("*") if p.is_file() and p.suffix != ".log"}
+
+    out = diffexp("train", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    second = jobs(sweep)
+    assert second["1"]["status"] == "finished" and second["1"]["steps"] == 300
+    assert {p: p.stat().st_mtime_ns for p in finished_files} == finished_files
+    assert "skipping finished job" in (sweep / "0" / "train.log").read_text()
+    log = (sweep / "1" / "train.log").read_text()
+    assert "resuming unfinished job" in log and "Restoring states from the checkpoint" in out.stderr + log
+    steps = [int(line.split(",")[0]) for line in (sweep / "1" / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(300))
