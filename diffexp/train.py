@@ -137,7 +137,9 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
     if cfg.budget.images:  # a budget in images seen, so recipes with other batch sizes get the same compute
-        trainer.fit_loop.max_steps = math.ceil(cfg.budget.images / (cfg.data.batch_size * trainer.world_size))
+        trainer.fit_loop.epoch_loop.max_steps = math.ceil(
+            cfg.budget.images / (cfg.data.batch_size * trainer.world_size)
+        )
     if logger:
         logger.log_hyperparams(flatten(config))
 

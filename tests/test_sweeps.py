@@ -93,3 +93,55 @@ def test_rerunning_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest
     assert "resuming unfinished job" in log and "Restoring states from the checkpoint" in out.stderr + log
     steps = [int(line.split(",")[0]) for line in (sweep / "1" / "losses.csv").read_text().splitlines()[1:]]
     assert steps == list(range(300))
+
+
+OPTUNA = [
+    *QUICK,
+    "eval=digits",
+    "data.resolution=16",
+    "budget.images=64",
+    "eval.n_samples=64",
+    "eval.reference_size=100",
+    "eval.sampler_steps=2",
+]
+
+
+def test_optuna_sweep_runs_trials_and_gets_their_metric(tmp_path):
+    out = diffexp("train", "-m", "sweep=optuna_tiny", "hydra.sweeper.n_trials=3", *OPTUNA, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "optuna_tiny"
+    found = jobs(sweep)
+    assert len(found) == 3 and all(j["status"] == "finished" for j in found.values())
+    assert all(j["objective_name"] == "eval/fid" and j["objective"] == j["eval"]["fid"] for j in found.values())
+    from omegaconf import OmegaConf
+
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert result.best_value == min(j["objective"] for j in found.values())
+    budget_steps = {j["steps"] * (j["images_seen"] // j["steps"]) for j in found.values()}
+    assert budget_steps <= {64, 96, 128}  # the same images-seen budget, whatever the batch size
+
+
+@pytest.mark.slow
+def test_two_workers_fill_one_shared_sqlite_study(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(storage=storage, study_name="optuna_tiny", direction="minimize")
+    exe = Path(sys.executable).parent / "diffexp-train"
+    args = [
+        str(exe),
+        "-m",
+        "sweep=optuna_tiny",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage={storage}",
+        *OPTUNA,
+    ]
+    workers = [
+        subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errors = [w.communicate(timeout=600)[1] for w in workers]
+    assert all(w.returncode == 0 for w in workers), errors[0][-2000:] + errors[1][-2000:]
+    trials = optuna.load_study(study_name="optuna_tiny", storage=storage).trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.number for t in trials}) == 4
