@@ -83,7 +83,9 @@ class DiffusionModule(pl.LightningModule):
         if self.ema is not None:
             self.ema.to(self.device)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: checkpoints written by callbacks at this step include it.
         if self.ema is not None:
             self.ema.step(self.unet.parameters())
 

@@ -1,0 +1,321 @@
+"""`make bench`: diffexp against the course notebook's way, measured in one run, printed side by side.
+
+    python benchmarks/run.py [--only train,data,sampling,make_train] [--steps 30] [--skip-course]
+
+Writes `benchmarks/results/<date>.json` and prints a Markdown table to paste into `benchmarks/RESULTS.md`.
+Every figure is measured here, now, on this machine: nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from diffexp.callbacks import LossHistory  # noqa: E402
+from diffexp.diffusion import DiffusionModule  # noqa: E402
+from diffexp.model import unet as build_unet  # noqa: E402
+from diffexp.schedule import ddpm_scheduler  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+THREADS = len(os.sched_getaffinity(0))
+RECIPES = {  # name: (resolution, channels, widths, attention, layers, batch)
+    "digits default (tiny, 16px)": (16, 1, [32, 64, 64], [False, False, True], 1, 64),
+    "course UNet (18.5M, 32px RGB)": (32, 3, [64, 128, 128, 256], [False, False, True, True], 2, 64),
+}
+
+
+def plain_loop(resolution, channels, widths, attention, layers, batch, steps, warmup=3) -> float:
+    """The course notebook's loop: sample a batch, add noise, MSE on the noise, AdamW. Images per second."""
+    torch.manual_seed(0)
+    model = build_unet(resolution, channels, widths, attention, layers)
+    scheduler = ddpm_scheduler("squaredcos_cap_v2")
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-4)
+    data = torch.rand(512, channels, resolution, resolution) * 2 - 1
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        clean = data[torch.randint(0, len(data), (batch,))]
+        noise = torch.randn_like(clean)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,)).long()
+        loss = F.mse_loss(model(scheduler.add_noise(clean, noise, t), t, return_dict=False)[0], noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return steps * batch / (time.perf_counter() - start)
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, *args) -> None:
+        self.end = time.perf_counter()
+
+
+def diffexp_loop(resolution, channels, widths, attention, layers, batch, steps, warmup=3) -> float:
+    """diffexp's training: real Trainer, W&B offline logging every step, EMA, loss record, grad clipping."""
+    from diffexp.data import ImageDataModule
+
+    class Random(ImageDataModule):
+        def load_images(self):
+            return torch.randint(0, 256, (512, channels, resolution, resolution), dtype=torch.uint8)
+
+    torch.manual_seed(0)
+    module = DiffusionModule(
+        build_unet(resolution, channels, widths, attention, layers),
+        ddpm_scheduler("squaredcos_cap_v2"),
+        lambda p: torch.optim.AdamW(p, lr=4e-4),
+        ema_decay=0.999,
+    )
+    timer = StepTimer(warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        logger = pl.loggers.WandbLogger(save_dir=tmp, project="bench", offline=True)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=warmup + steps,
+            max_epochs=-1,
+            logger=logger,
+            log_every_n_steps=1,
+            callbacks=[timer, LossHistory(Path(tmp) / "losses.csv")],
+            enable_checkpointing=False,
+            gradient_clip_val=1.0,
+            enable_model_summary=False,
+            default_root_dir=tmp,
+        )
+        trainer.fit(module, datamodule=Random(resolution, channels, batch, flip=True))
+        import wandb
+
+        wandb.finish()
+    return steps * batch / (timer.end - timer.start)
+
+
+def bench_train(steps: int, skip_course: bool) -> list[dict]:
+    rows = []
+    for name, recipe in RECIPES.items():
+        if skip_course and "course" in name:
+            continue
+        n = steps if "digits" in name else max(4, steps // 6)
+        plain = plain_loop(*recipe, steps=n)
+        ours = diffexp_loop(*recipe, steps=n)
+        rows.append(
+            {
+                "benchmark": f"train step: {name}",
+                "diffexp": f"{ours:.1f} img/s",
+                "reference": f"{plain:.1f} img/s (plain loop)",
+                "ratio": round(ours / plain, 3),
+                "target": ">= 0.95",
+                "steps": n,
+            }
+        )
+    return rows
+
+
+def butterfly_like(folder: Path, n: int = 1000) -> Path:
+    """A local dataset of the butterflies' schema: an `image` column of RGB PIL images of varied sizes."""
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(
+            rng.integers(0, 255, (int(rng.integers(200, 320)), int(rng.integers(200, 320)), 3), dtype=np.uint8)
+        )
+        for _ in range(n)
+    ]
+    ds = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    ds.save_to_disk(str(folder))
+    return folder
+
+
+def bench_data() -> list[dict]:
+    """One epoch of batches at 32 px: cached uint8 tensors vs the course's per-item PIL transforms."""
+    import datasets
+    from PIL import Image
+
+    from diffexp.data import HubDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = butterfly_like(Path(tmp) / "butterflies")
+        dm = HubDataModule(name=str(folder), resolution=32, channels=3, batch_size=64, flip=True)
+        start = time.perf_counter()
+        dm.prepare()
+        first_decode = time.perf_counter() - start
+        dm2 = HubDataModule(name=str(folder), resolution=32, channels=3, batch_size=64, flip=True)
+        start = time.perf_counter()
+        dm2.prepare()
+        cached_load = time.perf_counter() - start
+        start = time.perf_counter()
+        for batch in dm2.train_dataloader():
+            dm2.on_after_batch_transfer(batch, 0)
+        ours = time.perf_counter() - start
+
+        ds = datasets.load_from_disk(str(folder))
+
+        def course_transform(examples):  # Resize((32, 32)), RandomHorizontalFlip, ToTensor, Normalize([0.5], [0.5])
+            out = []
+            for img in examples["image"]:
+                img = img.convert("RGB").resize((32, 32), Image.BILINEAR)
+                if np.random.rand() < 0.5:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+                out.append((x - 0.5) / 0.5)
+            return {"images": out}
+
+        ds.set_transform(course_transform)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
+        start = time.perf_counter()
+        for _ in loader:
+            pass
+        course = time.perf_counter() - start
+    return [
+        {
+            "benchmark": "data: one epoch, 1000 RGB images at 32px",
+            "diffexp": f"{ours * 1e3:.1f} ms",
+            "reference": f"{course * 1e3:.1f} ms (per-item PIL transforms)",
+            "ratio": round(course / ours, 1),
+            "target": ">= 10x less time",
+        },
+        {
+            "benchmark": "data: decode once (first run) / from cache (second run)",
+            "diffexp": f"{first_decode:.2f} s / {cached_load:.2f} s",
+            "reference": "",
+            "ratio": "",
+            "target": "",
+        },
+    ]
+
+
+def bench_sampling(n: int = 64, ddpm_steps: int = 100) -> list[dict]:
+    """Images per second of each sampler at its default steps; our DDPM loop vs DDPMPipeline.__call__."""
+    from diffusers import DDPMPipeline
+    from hydra import compose, initialize_config_dir
+
+    from diffexp.config import CONF_DIR
+    from diffexp.samplers import Sampler, fixed_noise
+
+    torch.manual_seed(0)
+    unet = build_unet(16, 1, [32, 64, 64], [False, False, True], 1).eval()
+    scheduler = ddpm_scheduler("squaredcos_cap_v2")
+    rows = []
+    for name in ("ddpm", "ddim", "dpm_solver", "euler", "unipc"):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            steps = compose(config_name="sample", overrides=[f"sampler={name}", "run=x"]).sampler.steps
+        steps = ddpm_steps if name == "ddpm" else steps
+        noise = fixed_noise(n, 1, 16, 0)
+        start = time.perf_counter()
+        Sampler(name, steps)(unet, scheduler, noise, progress=False)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "benchmark": f"sampling: {name}, {steps} steps (NFE {steps}), {n} images",
+                "diffexp": f"{n / seconds:.1f} img/s",
+                "reference": "",
+                "ratio": "",
+                "target": "",
+            }
+        )
+    pipe = DDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    pipe(batch_size=n, num_inference_steps=ddpm_steps, output_type="np")
+    theirs = n / (time.perf_counter() - start)
+    ours = float(rows[0]["diffexp"].split()[0])
+    rows[0].update(reference=f"{theirs:.1f} img/s (DDPMPipeline.__call__)", ratio=round(ours / theirs, 3))
+    return rows
+
+
+def bench_make_train() -> list[dict]:
+    """The default `make train` as a user runs it: wall time and peak resident memory of the process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(sys.executable).parent / "diffexp-train"
+        start = time.perf_counter()
+        out = subprocess.run([str(exe)], cwd=tmp, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        metrics = (
+            json.loads(next(Path(tmp).glob("outputs/*/*/metrics.json")).read_text()) if out.returncode == 0 else {}
+        )
+    if out.returncode != 0:
+        raise SystemExit(f"make train failed:\n{out.stderr[-2000:]}")
+    history = metrics.get("eval_history", [])
+    return [
+        {
+            "benchmark": "make train: wall time (default recipe, 2 CPU cores)",
+            "diffexp": f"{wall:.0f} s",
+            "reference": "",
+            "ratio": "",
+            "target": "<= 300 s",
+        },
+        {
+            "benchmark": "make train: peak resident memory",
+            "diffexp": f"{peak_mb:.0f} MiB",
+            "reference": "",
+            "ratio": "",
+            "target": "<= 2048 MiB",
+        },
+        {
+            "benchmark": "make train: training time / steps / final FID",
+            "diffexp": f"{metrics.get('train_seconds')} s / {metrics.get('steps')} / {history[-1]['fid']:.2f}"
+            if history
+            else "",
+            "reference": "",
+            "ratio": "",
+            "target": "",
+        },
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="train,data,sampling,make_train")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of the digits training benchmark")
+    parser.add_argument("--skip-course", action="store_true", help="skip the 18.5M course model (slow on CPU)")
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    pl.seed_everything(0, verbose=False)
+    only = args.only.split(",")
+    rows = []
+    if "train" in only:
+        rows += bench_train(args.steps, args.skip_course)
+    if "data" in only:
+        rows += bench_data()
+    if "sampling" in only:
+        rows += bench_sampling()
+    if "make_train" in only:
+        rows += bench_make_train()
+    machine = f"{platform.processor() or platform.machine()}, {THREADS} threads, torch {torch.__version__}"
+    print(f"\n## {datetime.now():%Y-%m-%d %H:%M} — {machine}\n")
+    cols = ["benchmark", "diffexp", "reference", "ratio", "target"]
+    print("| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    out = HERE / "results" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
