@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 sweep: $(STAMP)
-	$(VENV)/bin/diffexp-train -m sweep=$(SWEEP) $(ARGS)
+	$(VENV)/bin/diffexp-train -m sweeps=$(SWEEP) $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

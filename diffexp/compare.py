@@ -332,6 +332,14 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines + ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]) + "\n"
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _colours(sizes: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
@@ -371,9 +379,7 @@ def plot_pareto(runs: list[dict], metric: str, compute: str, path: Path) -> None
     ax.set_title(f"{metric} against training compute" + ("" if scored else " (no scored runs)"))
     if scored:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def read_losses(path: str) -> tuple[list[int], list[float]]:
@@ -383,33 +389,26 @@ def read_losses(path: str) -> tuple[list[int], list[float]]:
 
 
 def plot_losses(runs: list[dict], path: Path) -> None:
-    """Every run's training loss curve, coloured by model size."""
+    """Every run's training loss curve, coloured by model size (log scale when losses span a decade or more)."""
     import matplotlib.pyplot as plt
 
     colours = _colours(size_order(runs))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    labelled: set[str] = set()
-    for r in runs:
-        if r["losses"]:
-            steps, values = read_losses(r["losses"])
-            ax.plot(
-                steps,
-                values,
-                color=colours[r["size"]],
-                alpha=0.7,
-                lw=1,
-                label=None if r["size"] in labelled else r["size"],
-            )
-            labelled.add(r["size"])
+    labelled, seen = set(), []
+    for r in (r for r in runs if r["losses"]):
+        steps, values = read_losses(r["losses"])
+        label = None if r["size"] in labelled else r["size"]
+        ax.plot(steps, values, color=colours[r["size"]], alpha=0.7, lw=1, label=label)
+        labelled.add(r["size"])
+        seen += [v for v in values if math.isfinite(v) and v > 0]
     if labelled:
-        ax.set_yscale("log")
         ax.legend(fontsize=7)
+    if seen and max(seen) / min(seen) >= 10:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("training loss of every run" + ("" if labelled else " (no losses.csv found)"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_samples(runs: list[dict], metric: str, path: Path) -> None:
@@ -431,9 +430,7 @@ def plot_samples(runs: list[dict], metric: str, path: Path) -> None:
         ax.set_title(title, fontsize=7)
     if not shown:
         axes.flat[0].text(0.5, 0.5, "no sample grids", ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 LEADERBOARD = ["rank", "size", "run", "status", "recipe", "seed", "{m}", "best {m}", "final_loss", "images_seen",
@@ -443,7 +440,9 @@ RECIPES = ["size", "recipe", "seeds", "seed_list", "{m} mean", "{m} std", "final
 
 
 def _columns(template: list[str], metric: str) -> list[str]:
-    return [c.format(m=metric) for c in template]
+    """The table's columns named after the metric (ranking by final_loss needs no second loss column)."""
+    columns = [c.format(m=metric) for c in template if not (metric == "final_loss" and c == "best {m}")]
+    return list(dict.fromkeys(columns))
 
 
 def _by_size(rows: list[dict], columns: list[str], noun: str) -> str:
@@ -457,6 +456,87 @@ def _by_size(rows: list[dict], columns: list[str], noun: str) -> str:
     return "\n".join(parts)
 
 
+REPORT = """# Recipe report
+
+{count} runs ({finished} finished, {running} running, {failed} failed) from {sources}; made {date} by diffexp-compare.
+
+{notes}
+## Best recipe per model size
+
+{best}
+Details, and how to train them again: [best.md](best.md).
+
+## Tables
+
+- [leaderboard.md](leaderboard.md) ([csv](leaderboard.csv)): every run, per model size, best first
+- [recipes.md](recipes.md) ([csv](recipes.csv)): runs that differ only by seed, averaged
+{experiments}
+
+## Quality against training compute ({compute})
+
+![pareto](pareto.png)
+
+## Loss curves
+
+![losses](losses.png)
+
+## Final samples
+
+![samples](samples.png)
+
+## Failed runs
+
+{failed_list}
+
+## Still running
+
+{running_list}
+"""
+
+
+def _spread(b: dict) -> str:
+    return f"{b['mean']:.4g}" + (f" ± {b['std']:.4g}" if b["std"] is not None else "")
+
+
+def write_experiments(best: list[dict], used: str, name: str, sources: list[str], folder: Path) -> None:
+    """`experiments/<name>_<size>.yaml` for each best recipe; sets each one's `experiment` (None where it failed)."""
+    folder.mkdir()
+    defaults, sizes = train_defaults(), [b["size"] for b in best]
+    for k, b in enumerate(best):
+        suffix = f"_{sizes[:k].count(b['size']) + 1}" if sizes.count(b["size"]) > 1 else ""
+        b["experiment"] = f"{name}_{b['size']}{suffix}"
+        comment = [
+            f"Best {b['size']} recipe by mean {used} ({b['basis']}): {_spread(b)} over {b['seeds']} seed(s),",
+            f"runs {b['runs']}, from {', '.join(sources)}; written by diffexp-compare {datetime.now():%Y-%m-%d %H:%M}.",
+            f"Copy into conf/experiment/ and train with `diffexp-train experiment={b['experiment']}`.",
+        ]
+        try:
+            base = compose_train(b["members"][0]["choices"])
+        except Exception as e:  # a group option that no longer exists in conf/
+            log.warning("no experiment config for %s: %s", b["experiment"], e)
+            b["experiment"] = None
+            continue
+        (folder / f"{b['experiment']}.yaml").write_text(experiment_yaml(b["members"][0], defaults, base, comment))
+
+
+def best_markdown(best: list[dict], used: str, notes: list[str], several_bases: bool) -> str:
+    lines = ["# Best recipe per model size", "", *notes, ""]
+    for b in best:
+        lines += [
+            f"## {b['size']}" + (f" ({b['basis']})" if several_bases else ""),
+            "",
+            f"- recipe: `{b['recipe']}`",
+            f"- {used}: {_spread(b)} (mean over {b['seeds']} seed(s): {b['seed_list']}; runs {b['runs']})",
+            f"- compute: {_cell(b['images_seen'])} images seen, {_cell(b['train_seconds'])} s, "
+            f"{_cell(b['parameters'])} parameters",
+        ]
+        if b["experiment"]:
+            path = f"experiments/{b['experiment']}.yaml"
+            lines.append(f"- [{path}]({path}): copy it into conf/experiment/, then `diffexp-train experiment=NAME`")
+        lines.append("")
+    return "\n".join(lines if best else [*lines, "No finished run has a figure to rank by.", ""])
+
+
 def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[str], folder: Path) -> list[dict]:
     """Writes every part of the report into `folder`; returns the best recipe per model size (and basis)."""
     import matplotlib
@@ -465,140 +545,61 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     used, fallback = choose_metric(runs, metric)
     higher = HIGHER_IS_BETTER[used]
     board = rank([score(r, used) for r in label_recipes(runs)], higher)
+    common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)] if runs else []
     for r in board:
-        r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"]}
+        r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"], "overrides": " ".join(r["overrides"])}
     table = recipes(board, higher)
     for r in table:
         r |= {f"{used} mean": r["mean"], f"{used} std": r["std"]}
     best = best_recipes(table)
-    common = sorted(set.intersection(*(set(r["overrides"]) for r in runs)) if runs else [])
     bases = sorted({r["basis"] for r in board if r["basis"]})
 
-    columns = _columns(LEADERBOARD, used)
-    for r in board:
-        r["overrides"] = " ".join(r["overrides"])
-    write_table(board, [*columns, "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
-    notes = [
-        f"Ranked by `{used}` ({'higher' if higher else 'lower'} is better) of the final model.",
-        *([fallback] if fallback else []),
-        *(
-            [
-                f"Runs differ in feature net or sample count ({'; '.join(bases)}): their figures are not comparable, "
-                f"so each group is ranked on its own."
-            ]
-            if len(bases) > 1
-            else []
-        ),  # fmt: skip
-        f"Settings shared by all runs: `{' '.join(common) or '(none)'}`.",
-    ]
-    header = "\n\n".join(notes) + "\n\n"
-    (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + _by_size(board, columns, "runs"))
-    recipe_columns = _columns(RECIPES, used)
-    write_table(table, recipe_columns, folder / "recipes.csv")
-    (folder / "recipes.md").write_text(
-        "# Recipes (runs that differ only by seed, averaged)\n\n" + header + _by_size(table, recipe_columns, "recipes")
+    ranking = f"Ranked by `{used}` ({'higher' if higher else 'lower'} is better) of the final model" + (
+        "." if used == "final_loss" else f"; `best {used}` is the best evaluation during training."
     )
-
-    experiments = folder / "experiments"
-    experiments.mkdir()
-    defaults = train_defaults()
-    per_size = [b["size"] for b in best]
-    for b in best:
-        suffix = f"_{per_size[: best.index(b)].count(b['size']) + 1}" if per_size.count(b["size"]) > 1 else ""
-        b["experiment"] = f"{name}_{b['size']}{suffix}"
-        spread = f" ± {b['std']:.4g}" if b["std"] is not None else ""
-        comment = [
-            f"Best {b['size']} recipe by mean {used} ({b['basis']}): {b['mean']:.4g}{spread}",
-            f"over {b['seeds']} seed(s), runs {b['runs']}, from {', '.join(sources)};",
-            f"written by diffexp-compare {datetime.now():%Y-%m-%d %H:%M}. Copy into conf/experiment/ and train with",
-            f"`diffexp-train experiment={b['experiment']}`.",
-        ]
-        try:
-            base = compose_train(b["members"][0]["choices"])
-        except Exception as e:  # a group option that no longer exists in conf/
-            log.warning("no experiment config for %s: %s", b["experiment"], e)
-            b["experiment"] = None
-            continue
-        text = experiment_yaml(b["members"][0], defaults, base, comment)
-        (experiments / f"{b['experiment']}.yaml").write_text(text)
-
-    best_lines = ["# Best recipe per model size", "", notes[0], *([fallback] if fallback else []), ""]
-    for b in best:
-        spread = f" ± {b['std']:.4g}" if b["std"] is not None else ""
-        best_lines += [
-            f"## {b['size']}" + (f" ({b['basis']})" if len(bases) > 1 else ""),
-            "",
-            f"- recipe: `{b['recipe']}`",
-            f"- {used}: {b['mean']:.4g}{spread} (mean over {b['seeds']} seed(s): {b['seed_list']}; runs {b['runs']})",
-            f"- compute: {_cell(b['images_seen'])} images seen, {_cell(b['train_seconds'])} s, "
-            f"{_cell(b['parameters'])} parameters",
-        ]
-        if b["experiment"]:
-            best_lines.append(
-                f"- experiment: [experiments/{b['experiment']}.yaml](experiments/{b['experiment']}.yaml): copy it "
-                f"into conf/experiment/ and run `diffexp-train experiment={b['experiment']}`"
-            )
-        best_lines.append("")
-    if not best:
-        best_lines.append("No finished run has a figure to rank by.\n")
-    (folder / "best.md").write_text("\n".join(best_lines))
-
+    notes = [ranking, *([fallback] if fallback else [])]
+    if len(bases) > 1:
+        notes.append(
+            f"Runs differ in feature net or sample count ({'; '.join(bases)}): their figures are not comparable, "
+            f"so each group is ranked on its own."
+        )
+    header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"
+    columns, recipe_columns = _columns(LEADERBOARD, used), _columns(RECIPES, used)
+    write_table(board, [*columns, "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
+    (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + _by_size(board, columns, "runs"))
+    write_table(table, recipe_columns, folder / "recipes.csv")
+    title = "# Recipes (runs that differ only by seed, averaged)\n\n"
+    (folder / "recipes.md").write_text(title + header + _by_size(table, recipe_columns, "recipes"))
+    write_experiments(best, used, name, sources, folder / "experiments")
+    (folder / "best.md").write_text(best_markdown(best, used, notes, len(bases) > 1))
     plot_pareto(board, used, compute, folder / "pareto.png")
     plot_losses(board, folder / "losses.png")
     plot_samples(board, used, folder / "samples.png")
 
     failed = [r for r in board if r["status"] == "failed"]
     running = [r for r in board if r["status"] == "running"]
-    finished = len(board) - len(failed) - len(running)
-    lines = [
-        "# Recipe report",
-        "",
-        f"{len(board)} runs ({finished} finished, {len(running)} running, {len(failed)} failed) from "
-        + ", ".join(f"`{s}`" for s in sources)
-        + f"; made {datetime.now():%Y-%m-%d %H:%M} by diffexp-compare.",
-        "",
-        header.rstrip(),
-        "",
-        "## Best recipe per model size",
-        "",
-        markdown(
-            [
-                b
-                | {"experiment": f"[{b['experiment']}](experiments/{b['experiment']}.yaml)" if b["experiment"] else ""}
-                for b in best
-            ],
-            ["size", "recipe", f"{used} mean", f"{used} std", "seeds", "images_seen", "experiment"],
-        ),  # fmt: skip
-        "Details: [best.md](best.md).",
-        "",
-        "## Tables",
-        "",
-        "- [leaderboard.md](leaderboard.md) ([csv](leaderboard.csv)): every run, per model size, best first",
-        "- [recipes.md](recipes.md) ([csv](recipes.csv)): runs that differ only by seed, averaged",
-        *(f"- [experiments/{p.name}](experiments/{p.name})" for p in sorted(experiments.glob("*.yaml"))),
-        "",
-        f"## Quality against training compute ({compute})",
-        "",
-        "![pareto](pareto.png)",
-        "",
-        "## Loss curves",
-        "",
-        "![losses](losses.png)",
-        "",
-        "## Final samples",
-        "",
-        "![samples](samples.png)",
-        "",
-        "## Failed runs",
-        "",
-        *([f"- `{r['name']}` ({r['size']}, `{r['recipe']}`): {r['reason']}" for r in failed] or ["None."]),
-        "",
-        "## Still running",
-        "",
-        *([f"- `{r['name']}` ({r['size']}, `{r['recipe']}`)" for r in running] or ["None."]),
-        "",
-    ]
-    (folder / "report.md").write_text("\n".join(lines))
+    for b in best:
+        b["experiment config"] = f"[{b['experiment']}](experiments/{b['experiment']}.yaml)" if b["experiment"] else ""
+    text = REPORT.format(
+        count=len(board),
+        finished=len(board) - len(failed) - len(running),
+        running=len(running),
+        failed=len(failed),
+        sources=", ".join(f"`{s}`" for s in sources),
+        date=f"{datetime.now():%Y-%m-%d %H:%M}",
+        notes=header,
+        best=markdown(
+            best, ["size", "recipe", f"{used} mean", f"{used} std", "seeds", "images_seen", "experiment config"]
+        ),
+        experiments="\n".join(
+            f"- [experiments/{p.name}](experiments/{p.name})" for p in sorted(folder.glob("experiments/*.yaml"))
+        ),
+        compute=compute,
+        failed_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`): {r['reason']}" for r in failed)
+        or "None.",
+        running_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`)" for r in running) or "None.",
+    )
+    (folder / "report.md").write_text(text)
     return best
 
 
@@ -641,9 +642,8 @@ def run(cfg: DictConfig) -> Path:
         raise
     print(f"leaderboard: {final / 'leaderboard.md'}")
     for b in best:
-        spread = f" ± {b['std']:.4g}" if b["std"] is not None else ""
         experiment = f" -> {final / 'experiments' / b['experiment']}.yaml" if b["experiment"] else ""
-        print(f"best {b['size']}: {b['recipe']} (mean {b['mean']:.4g}{spread}, {b['seeds']} seed(s)){experiment}")
+        print(f"best {b['size']}: {b['recipe']} (mean {_spread(b)}, {b['seeds']} seed(s)){experiment}")
     return final
 
 

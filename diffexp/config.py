@@ -48,6 +48,21 @@ def wandb_offline() -> bool:
         return True
 
 
+def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but a ConfigError raised while building stays one line, not a Hydra traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    from diffexp.errors import ConfigError
+
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
 def register_resolvers() -> None:
     for name, fn in {
         "uid": lambda: _UID,

@@ -15,6 +15,10 @@ class ConfigError(ValueError):
     """A bad setting: the message is one line naming the setting and the fix."""
 
 
+class ForeignFolderError(ConfigError):
+    """The run folder belongs to another run: nothing may be recorded in it."""
+
+
 def report(
     run: Callable[[Any], Any],
     cfg: Any,
@@ -33,7 +37,7 @@ def report(
         return run(cfg)
     except Exception as e:
         line = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".splitlines()[0]
-        if record_failure is not None:
+        if record_failure is not None and not isinstance(e, ForeignFolderError):
             record_failure(line)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_multirun or isinstance(e, ConfigError)):
             raise

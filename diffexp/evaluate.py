@@ -14,10 +14,9 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffexp.config import CONF_DIR
+from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.metrics import check_sample_count, reference_features, score

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from diffexp.errors import ConfigError
+from diffexp.errors import ConfigError, ForeignFolderError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def holds_run(folder: Path) -> bool:
 def check_own_folder(folder: Path, resuming: bool) -> None:
     """A new run must not write into another run's folder; a resumed run and DDP's other ranks may."""
     if holds_run(folder) and not resuming and rank() == 0:
-        raise ConfigError(
+        raise ForeignFolderError(
             f"hydra.run.dir={folder} already holds a run: continue it with resume={folder}, "
             f"or leave hydra.run.dir at its default so the run gets a new folder"
         )
@@ -146,7 +146,7 @@ def load_run(folder: Path) -> LoadedRun:
 
 
 def _load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
-    from hydra.utils import instantiate
+    from diffexp.config import instantiate
 
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)

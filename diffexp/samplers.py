@@ -39,7 +39,8 @@ def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> 
     if name not in SCHEDULERS:
         raise ConfigError(f"sampler.name={name!r}: use one of {sorted(SCHEDULERS)}")
     cls, defaults = SCHEDULERS[name]
-    config = dict(train_scheduler.config)
+    # diffusers' from_config drops keys listed in `_use_default_values`: without this, trained_betas would be lost.
+    config = {k: v for k, v in train_scheduler.config.items() if k != "_use_default_values"}
     config.update(
         trained_betas=train_scheduler.betas.tolist(),
         beta_schedule="linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise

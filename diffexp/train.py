@@ -19,14 +19,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
-from diffexp.config import CONF_DIR, flatten
+from diffexp.config import CONF_DIR, flatten, instantiate
 from diffexp.diffusion import DiffusionModule
-from diffexp.errors import ConfigError, report
+from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
 from diffexp.run_folder import check_own_folder, holds_run, provenance, rank, read_metrics, update_metrics
 from diffexp.samplers import Sampler
@@ -247,7 +246,7 @@ def _earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
     saved = run_dir / ".hydra" / "overrides.yaml"
     if saved.exists() and list(OmegaConf.load(saved)) != overrides:
-        raise ConfigError(
+        raise ForeignFolderError(
             f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
             f"different sweep; give it a new name with tag=<new tag>"
         )

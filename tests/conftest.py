@@ -38,7 +38,7 @@ TINY = [
     "preview.n=4",
     "preview.every_n_steps=2",
     "checkpoint.every_n_steps=2",
-    "threads=2",
+    "threads=1",
     "eval=none",
 ]
 

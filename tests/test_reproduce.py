@@ -19,7 +19,7 @@ def test_reproduce_matches_bit_for_bit_from_the_saved_config(tiny_cfg, tmp_path)
     saved = OmegaConf.load(original / ".hydra" / "config.yaml")
     assert saved.optim.optimizer.lr == 3e-3 and saved.seed == 7
 
-    result = reproduce(compose_train([f"run={original}", "threads=2"], tmp_path / "again", name="reproduce"))
+    result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
     assert result["matched"], result
     assert result["steps_compared"] == 5 and result["max_loss_difference"] == 0.0
     record = json.loads((tmp_path / "again" / "reproduce.json").read_text())

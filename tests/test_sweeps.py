@@ -24,7 +24,7 @@ def jobs(sweep: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_size_lr_sweep_launches_every_job_of_its_grid(tmp_path):
     out = diffexp(
-        "train", "-m", "sweep=size_lr", *QUICK, "budget.images=16", "data.resolution=16", cwd=tmp_path, timeout=900
+        "train", "-m", "sweeps=size_lr", *QUICK, "budget.images=16", "data.resolution=16", cwd=tmp_path, timeout=900
     )
     assert out.returncode == 0, out.stderr[-3000:]
     found = jobs(tmp_path / "multirun" / "size_lr")
@@ -107,7 +107,7 @@ OPTUNA = [
 
 
 def test_optuna_sweep_runs_trials_and_gets_their_metric(tmp_path):
-    out = diffexp("train", "-m", "sweep=optuna_tiny", "hydra.sweeper.n_trials=3", *OPTUNA, cwd=tmp_path)
+    out = diffexp("train", "-m", "sweeps=optuna_tiny", "hydra.sweeper.n_trials=3", *OPTUNA, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "multirun" / "optuna_tiny"
     found = jobs(sweep)
@@ -131,7 +131,7 @@ def test_two_workers_fill_one_shared_sqlite_study(tmp_path):
     args = [
         str(exe),
         "-m",
-        "sweep=optuna_tiny",
+        "sweeps=optuna_tiny",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage={storage}",
         *OPTUNA,

@@ -70,7 +70,7 @@ def test_run_folder_is_complete_and_pipeline_samples(tiny_cfg, tmp_path):
     assert metrics["final_loss"] == final_loss
     assert metrics["parameters"] == sum(p.numel() for p in instantiate(cfg.model, _convert_="all").parameters())
     env = metrics["environment"]
-    assert env["threads"] == 2 and env["torch"] == torch.__version__ and "git_commit" in env and "git_dirty" in env
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and "git_commit" in env and "git_dirty" in env
     for path in [
         "checkpoints/last.ckpt",
         "plots/loss.png",

@@ -1,0 +1,304 @@
+"""diffexp-compare on real tiny runs: leaderboard per size, seeds averaged, failed and running jobs, plots, and an
+experiment config that `diffexp-train experiment=<name>` composes back into the best recipe."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY, compose_train
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
+
+from diffexp.compare import NOT_RECIPE, pareto_front, rank
+from diffexp.compare import run as compare
+from diffexp.config import CONF_DIR
+from diffexp.errors import ConfigError, report
+from diffexp.train import run as train
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+# Two steps, scored with the shipped digits net at the end of each step (so final and best can differ). One thread:
+# on 2 busy cores a 2-thread tiny run takes ~25 s, a 1-thread one ~2 s.
+EVAL = [
+    "threads=1",
+    "eval=digits",
+    "data.resolution=16",
+    "eval.n_samples=64",
+    "eval.reference_size=200",
+    "eval.sampler_steps=2",
+    "eval.every_n_steps=1",
+    "trainer.max_steps=2",
+    "preview.every_n_steps=0",
+]
+SMALL = ["model=small", "model.block_out_channels=[32,64]"]  # TINY narrows every model to [32,32]: widen small back
+GRID = {  # job -> (model size, overrides)
+    "0": ("tiny", ["optim.optimizer.lr=1e-3"]),
+    "1": ("tiny", ["optim.optimizer.lr=3e-3"]),
+    "2": ("small", [*SMALL, "optim.optimizer.lr=1e-3"]),
+    "3": ("small", [*SMALL, "optim.optimizer.lr=3e-3"]),
+    "4": ("small", [*SMALL, "optim.optimizer.lr=-1"]),  # rejected before training: fails with a reason
+}
+
+
+def cli(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / f"diffexp-{command}"
+    return subprocess.run([str(exe), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def compose_app(name: str, overrides: list[str]) -> DictConfig:
+    """An app's root config as its command would get it (Hydra's runtime set, the `hydra` node removed)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def hydra_record(folder: Path, *overrides: str) -> DictConfig:
+    """What Hydra writes into a job's folder before the job runs: `.hydra/` with config, hydra and overrides."""
+    cfg = compose_train([*TINY, "logger=csv", *EVAL, *overrides], folder)
+    saved, hydra_cfg = folder / ".hydra", HydraConfig.get()
+    if not (saved / "config.yaml").exists():  # conftest's compose_train may already save it
+        saved.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, saved / "config.yaml")
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), saved / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, saved / "overrides.yaml")
+    return cfg
+
+
+def job(folder: Path, *overrides: str) -> None:
+    """One multirun job, in-process: a rejected config is logged as `error: ...` into the job's log, as in a sweep."""
+    cfg = hydra_record(folder, *overrides)
+    handler = logging.FileHandler(folder / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        report(train, cfg, in_multirun=True)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> tuple[Path, Path]:
+    """Sweep `size-lr` (2 sizes x 2 lrs, a failed and a running job) and sweep `seeds` (one recipe again, seed 1)."""
+    root = tmp_path_factory.mktemp("multirun")
+    grid, seeds = root / "size-lr", root / "seeds"
+    for name, (_, overrides) in GRID.items():
+        job(grid / name, *overrides)
+    running = hydra_record(grid / "5", *SMALL, "optim.optimizer.lr=1e-2")  # started, not finished
+    choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+    (grid / "5" / "metrics.json").write_text(json.dumps({"status": "running", "recipe": choices, "seed": running.seed}))
+    job(seeds / "0", "optim.optimizer.lr=1e-3", "seed=1")
+    return grid, seeds
+
+
+@pytest.fixture(scope="module")
+def made(sweeps, tmp_path_factory) -> tuple[Path, str]:
+    """The report of both sweeps, made by the command as users run it."""
+    grid, seeds = sweeps
+    out = cli("compare", f"sweep=[{grid},{seeds}]", cwd=tmp_path_factory.mktemp("cwd"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return grid / "report", out.stdout
+
+
+def metrics(folder: Path) -> dict:
+    path = folder / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_leaderboard_lists_every_run_grouped_by_size_best_first(sweeps, made):
+    grid, seeds = sweeps
+    folder, stdout = made
+    board = rows(folder / "leaderboard.csv")
+    assert sorted(r["path"] for r in board) == sorted(str(p.resolve()) for p in [*grid.glob("[0-9]"), seeds / "0"])
+    sizes = [r["size"] for r in board]
+    assert sizes == ["tiny"] * 3 + ["small"] * 4  # grouped, fewest parameters first
+    by_path = {r["path"]: r for r in board}
+    size_of = {grid / n: size for n, (size, _) in GRID.items()} | {grid / "5": "small", seeds / "0": "tiny"}
+    for size in ("tiny", "small"):
+        finished = [p for p, s in size_of.items() if s == size and metrics(p).get("status") == "finished"]
+        best = min(finished, key=lambda p: metrics(p)["eval"]["fid"])
+        assert by_path[str(best.resolve())]["rank"] == "1"
+        ranked = [r for r in board if r["size"] == size and r["rank"]]
+        assert [float(r["fid"]) for r in ranked] == sorted(float(r["fid"]) for r in ranked)
+        assert [int(r["rank"]) for r in ranked] == list(range(1, len(ranked) + 1))
+        for r in ranked:
+            m = metrics(Path(r["path"]))
+            assert float(r["fid"]) == pytest.approx(m["eval"]["fid"])
+            assert float(r["best fid"]) == pytest.approx(min(h["fid"] for h in m["eval_history"]))
+            assert int(r["images_seen"]) == m["images_seen"] and int(r["parameters"]) == m["parameters"]
+            assert (r["feature_net"], r["n_fake"], r["n_real"]) == ("digits", "64", "200")
+    failed = by_path[str((grid / "4").resolve())]
+    assert failed["status"] == "failed" and not failed["rank"]
+    assert "optim.optimizer.lr=-1: the learning rate must be > 0" in failed["reason"]
+    running = by_path[str((grid / "5").resolve())]
+    assert running["status"] == "running" and not running["rank"] and not running["reason"]
+    assert board[-1]["status"] == "failed" and board[-2]["status"] == "running"  # after the ranked small runs
+    assert "optim.optimizer.lr=3e-3" in " ".join(r["overrides"] for r in board)
+    md = (folder / "leaderboard.md").read_text()
+    assert "## tiny (3 runs" in md and "## small (4 runs" in md and "lower is better" in md
+    assert f"leaderboard: {folder / 'leaderboard.md'}" in stdout
+
+
+def test_seeds_are_averaged_into_one_recipe_and_decide_the_best(sweeps, made):
+    grid, seeds = sweeps
+    folder, stdout = made
+    recipes = rows(folder / "recipes.csv")
+    (twice,) = [r for r in recipes if r["seeds"] == "2"]
+    fids = [metrics(grid / "0")["eval"]["fid"], metrics(seeds / "0")["eval"]["fid"]]
+    assert twice["size"] == "tiny" and twice["recipe"] == "optim.optimizer.lr=1e-3"
+    assert sorted(twice["seed_list"].split()) == ["0", "1"]
+    assert float(twice["fid mean"]) == pytest.approx(statistics.fmean(fids))
+    assert float(twice["fid std"]) == pytest.approx(statistics.stdev(fids))
+    assert len(recipes) == 4  # tiny x 2 lrs, small x 2 lrs; the failed and running jobs are no recipe yet
+    for size in ("tiny", "small"):
+        mine = [r for r in recipes if r["size"] == size]
+        best = min(mine, key=lambda r: float(r["fid mean"]))
+        assert mine[0] == best
+        assert f"best {size}: {best['recipe']}" in stdout
+        assert f"- recipe: `{best['recipe']}`" in (folder / "best.md").read_text()
+
+
+def test_report_links_everything_lists_failures_and_draws_valid_plots(made):
+    folder, _ = made
+    text = (folder / "report.md").read_text()
+    for name in ("leaderboard.md", "leaderboard.csv", "recipes.md", "best.md", "pareto.png", "losses.png"):
+        assert f"({name})" in text
+    assert "(samples.png)" in text and "(experiments/best_tiny.yaml)" in text
+    assert "## Failed runs" in text and "the learning rate must be > 0" in text
+    assert "size-lr/5" in text.split("## Still running")[1]
+    for name in ("pareto.png", "losses.png", "samples.png"):
+        with Image.open(folder / name) as image:
+            image.verify()
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+    assert not list(folder.parent.glob(".report*.tmp"))
+
+
+def test_best_recipe_experiment_composes_back_into_the_best_run(sweeps, made, tmp_path):
+    folder, _ = made
+    best = [r for r in rows(folder / "recipes.csv") if r["size"] == "small"][0]
+    run_dir = Path({r["run"]: r["path"] for r in rows(folder / "leaderboard.csv")}[best["runs"].split()[0]])
+    text = (folder / "experiments" / "best_small.yaml").read_text()
+    assert text.startswith("# @package _global_\n") and "- override /model: small" in text
+    assert "# Best small recipe by mean fid" in text and "size-lr" in text
+    name = f"test_compare_{uuid.uuid4().hex[:8]}"
+    target = REPO / "conf" / "experiment" / f"{name}.yaml"
+    try:
+        shutil.copyfile(folder / "experiments" / "best_small.yaml", target)
+        out = cli("train", f"experiment={name}", "--cfg", "job", cwd=tmp_path, timeout=120)
+    finally:
+        target.unlink(missing_ok=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    composed = OmegaConf.to_container(OmegaConf.create(out.stdout), resolve=False)
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
+    assert composed["optim"]["optimizer"]["lr"] == saved["optim"]["optimizer"]["lr"] in (1e-3, 3e-3)
+    assert composed["model"]["block_out_channels"] == [32, 64] and composed["trainer"]["max_steps"] == 2
+    assert {k: v for k, v in composed.items() if k not in NOT_RECIPE} == {
+        k: v for k, v in saved.items() if k not in NOT_RECIPE
+    }
+
+
+def test_a_second_report_never_overwrites_the_first(sweeps, made):
+    grid, _ = sweeps
+    folder, _ = made
+    before = (folder / "leaderboard.csv").read_bytes()
+    second = compare(compose_app("compare", [f"sweep={grid}", "metric=precision", "compute=train_seconds"]))
+    assert second == grid / "report-2" and (folder / "leaderboard.csv").read_bytes() == before
+    board = rows(second / "leaderboard.csv")
+    ranked = [r for r in board if r["size"] == "tiny" and r["rank"]]
+    assert [float(r["precision"]) for r in ranked] == sorted((float(r["precision"]) for r in ranked), reverse=True)
+    assert "higher is better" in (second / "report.md").read_text()
+
+
+def copy_runs(grid: Path, folder: Path, edit) -> list[Path]:
+    """Jobs 0 and 1 (tiny) copied as plain runs, their metrics.json changed by `edit(record, index)`."""
+    copies = []
+    for i, name in enumerate(("0", "1")):
+        copy = folder / "outputs" / name
+        shutil.copytree(grid / name, copy, ignore=shutil.ignore_patterns("pipeline", "checkpoints"))
+        (copy / "metrics.json").write_text(json.dumps(edit(metrics(copy), i)))
+        copies.append(copy)
+    return copies
+
+
+def test_runs_without_quality_metrics_are_ranked_by_final_loss(sweeps, tmp_path):
+    grid, _ = sweeps
+    copies = copy_runs(grid, tmp_path, lambda record, _: {k: v for k, v in record.items() if not k.startswith("eval")})
+    out = compare(compose_app("compare", [f"runs=[{copies[0]},{copies[1]}]", f"out={tmp_path / 'r'}"]))
+    assert out == tmp_path / "r"
+    board = rows(out / "leaderboard.csv")
+    assert [float(r["final_loss"]) for r in board] == sorted(metrics(c)["final_loss"] for c in copies)
+    assert "ranked by their final training loss" in (out / "report.md").read_text()
+
+
+def test_figures_from_different_sample_counts_are_ranked_apart(sweeps, tmp_path):
+    def more_samples(record: dict, i: int) -> dict:
+        for figures in [record["eval"], record["eval_best"], *record["eval_history"]]:
+            figures["n_fake"] = 64 * (i + 1)
+        return record
+
+    copies = copy_runs(sweeps[0], tmp_path, more_samples)
+    out = compare(compose_app("compare", [f"runs=[{copies[0]},{copies[1]}]"]))
+    assert out == tmp_path / "outputs" / "report"  # beside the first run
+    board = rows(out / "leaderboard.csv")
+    assert [r["rank"] for r in board] == ["1", "1"] and {r["n_fake"] for r in board} == {"64", "128"}
+    assert "Runs differ in feature net or sample count" in (out / "leaderboard.md").read_text()
+    assert sorted(p.name for p in (out / "experiments").glob("*.yaml")) == ["best_tiny_1.yaml", "best_tiny_2.yaml"]
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["sweep=/no/such/folder"], r"^sweep=/no/such/folder: no such folder"),
+        (["sweep={empty}"], r"^sweep=.* holds no run folders"),
+        (["runs=[{empty}]"], r"^runs: .* is not a run folder"),
+        ([], r"^neither sweep= nor runs= is set"),
+        (["sweep={empty}", "metric=accuracy"], r"^metric=accuracy: use one of fid"),
+        (["sweep={empty}", "compute=flops"], r"^compute=flops: use images_seen or train_seconds"),
+    ],
+)
+def test_bad_input_names_the_setting(tmp_path, overrides, match):
+    cfg = compose_app("compare", [o.format(empty=tmp_path) for o in overrides])
+    with pytest.raises(ConfigError, match=match):
+        compare(cfg)
+
+
+def test_the_command_reports_bad_input_in_one_line(tmp_path):
+    out = cli("compare", f"sweep={tmp_path / 'missing'}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"error: sweep={tmp_path / 'missing'}: no such folder: point sweep= at a multirun folder " + (
+        "(multirun/<sweep name>)"
+    )
+
+
+def test_pareto_front_and_ranking_follow_the_metric_direction():
+    points = [(10, 5.0), (20, 3.0), (20, 4.0), (30, 3.5), (40, 1.0)]
+    assert pareto_front(points, higher_is_better=False) == [0, 1, 4]
+    assert pareto_front(points, higher_is_better=True) == [0]
+    runs = [
+        {"name": f"s/{i}", "size": "tiny", "parameters": 1, "basis": "b", "value": v, "status": "finished"}
+        for i, v in enumerate([0.2, 0.9, 0.5])
+    ]
+    assert [r["value"] for r in rank(runs, higher_is_better=True)] == [0.9, 0.5, 0.2]
+    assert [r["rank"] for r in rank(runs, higher_is_better=False)] == [1, 2, 3]
