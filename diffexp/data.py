@@ -81,7 +81,7 @@ class StepBatches:
     def __iter__(self) -> Iterator[torch.Tensor]:
         step = self.step()
         for k in range(step % self.batches_per_epoch, self.batches_per_epoch):
-            yield self.images[self.batch_indices(step + k - step % self.batches_per_epoch)]
+            yield self.images[self.batch_indices(step + k - step % self.batches_per_epoch).to(self.images.device)]
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -93,9 +93,12 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size: images per step and device.
         flip: random horizontal flips, applied on the device.
         seed: seeds the data order (with the step).
+        on_device: keep the whole uint8 dataset on the training device (GPU) instead of copying each batch.
     """
 
-    def __init__(self, resolution: int, channels: int, batch_size: int, flip: bool, seed: int = 0) -> None:
+    def __init__(
+        self, resolution: int, channels: int, batch_size: int, flip: bool, seed: int = 0, on_device: bool = False
+    ) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels}: use 1 (greyscale) or 3 (RGB)")
@@ -103,13 +106,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.resolution={resolution}: use at least 4 pixels")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: use a positive batch size")
-        self.resolution, self.channels, self.batch_size, self.flip, self.seed = (
-            resolution,
-            channels,
-            batch_size,
-            flip,
-            seed,
-        )
+        self.resolution, self.channels, self.batch_size, self.flip = resolution, channels, batch_size, flip
+        self.seed, self.on_device = seed, on_device
         self.images: torch.Tensor | None = None
 
     def load_images(self) -> torch.Tensor:
@@ -129,6 +127,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        if self.on_device and self.trainer is not None:  # a few MB of uint8: batches are then indexed on the GPU
+            self.images = self.images.to(self.trainer.strategy.root_device)
 
     def train_dataloader(self) -> StepBatches:
         trainer = self.trainer

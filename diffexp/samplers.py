@@ -25,12 +25,16 @@ from tqdm.auto import tqdm
 
 from diffexp.errors import ConfigError
 
+# Pixel-space images live in [-1, 1]: DDPM and DDIM clip their x_0 estimate to it (clip_sample), DPM-Solver++ and
+# UniPC threshold it. Without that, the first steps of a cosine schedule (t=999: sigma ~ 2e4) blow up in float32.
+# Euler can do neither, so it starts from the leading grid (t=960 at 25 steps) instead of t=999.
+THRESHOLD = {"thresholding": True, "sample_max_value": 1.0}
 SCHEDULERS = {
     "ddpm": (DDPMScheduler, {}),
     "ddim": (DDIMScheduler, {}),
-    "dpm_solver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "unipc": (UniPCMultistepScheduler, {}),
+    "dpm_solver": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, **THRESHOLD}),
+    "euler": (EulerDiscreteScheduler, {"timestep_spacing": "leading", "steps_offset": 1}),
+    "unipc": (UniPCMultistepScheduler, THRESHOLD),
 }
 
 
@@ -48,7 +52,8 @@ def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> 
         timestep_spacing="trailing",
         steps_offset=0,
     )
-    return cls.from_config(config, **{**defaults, **options})
+    config.update(defaults)
+    return cls.from_config(config, **options)
 
 
 @torch.no_grad()

@@ -30,9 +30,24 @@ from diffexp.export import export_pipeline
 from diffexp.run_folder import check_own_folder, holds_run, provenance, rank, read_metrics, update_metrics
 from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
+from diffexp.schema import validate
 
 log = logging.getLogger("diffexp.train")
 HIGHER_IS_BETTER = {"precision", "recall"}
+
+
+def on_gpu(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator in ("gpu", "cuda") or (
+        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+
+
+def speed(cfg: DictConfig, name: str) -> bool:
+    """A `speed.*` switch; `auto` means on when training on a GPU."""
+    if name not in cfg.speed or cfg.speed[name] not in ("auto", True, False):
+        raise ConfigError(f"speed.{name}={cfg.speed.get(name)}: use true, false or auto")
+    value = cfg.speed[name]
+    return on_gpu(cfg) if value == "auto" else bool(value)
 
 
 def check(cfg: DictConfig) -> None:
@@ -56,10 +71,7 @@ def check(cfg: DictConfig) -> None:
             f"model.sample_size={cfg.model.sample_size} but data.resolution={cfg.data.resolution}: make them equal"
         )
     gpu_only = str(cfg.trainer.precision) in ("16-mixed", "16", "16-true")
-    on_gpu = cfg.trainer.accelerator in ("gpu", "cuda") or (
-        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
-    )
-    if gpu_only and not on_gpu:
+    if gpu_only and not on_gpu(cfg):
         raise ConfigError(
             f"trainer.precision={cfg.trainer.precision} needs a GPU: on CPU use trainer.precision=bf16-mixed or 32"
         )
@@ -90,11 +102,14 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
             return done
         resuming = True
     check_own_folder(run_dir, resuming)
+    validate(cfg)
     check(cfg)
 
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    if speed(cfg, "tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed(cfg, "data_on_device"))
     images = datamodule.prepare()  # bad data fails here, before anything is built or written
     evaluate = _evaluation(cfg, images, instantiate(cfg.sampler))  # so does a bad eval setting
     unet = instantiate(cfg.model, _convert_="all")
@@ -106,13 +121,15 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     module = DiffusionModule(
         unet,
         scheduler,
-        instantiate(cfg.optim.optimizer),
+        instantiate(cfg.optim.optimizer, **({"fused": True} if speed(cfg, "fused_adamw") else {})),
         warmup_steps=cfg.optim.warmup_steps,
         lr_decay=cfg.optim.decay,
         ema_decay=cfg.ema.decay,
         ema_warmup=cfg.ema.warmup,
         ema_power=cfg.ema.power,
         snr_gamma=cfg.loss.snr_gamma,
+        channels_last=speed(cfg, "channels_last"),
+        compile=cfg.speed.compile,
         seed=cfg.seed,
         config=config,
     )

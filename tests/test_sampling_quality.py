@@ -1,0 +1,34 @@
+"""Every sampler turns a trained model into digits: a real model, real samples, the shipped feature net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffexp.data import digits_images, to_uint8
+from diffexp.features import load_feature_net
+from diffexp.metrics import fid
+from diffexp.run_folder import load_run
+from diffexp.samplers import SCHEDULERS, Sampler, fixed_noise
+from diffexp.train import run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["cosine", "sigmoid"])
+def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedule):
+    run(tiny_cfg(f"schedule={schedule}", "model=tiny", "data.resolution=16", "data.batch_size=64",
+                 "trainer.max_steps=400", "preview.every_n_steps=0", "optim.optimizer.lr=3e-3", "threads=2"))
+    loaded = load_run(tmp_path / "run")
+    net = load_feature_net("digits", 1, 16)
+    real = net.features(digits_images(16))
+    noise = fixed_noise(200, 1, 16, seed=1)
+    scores = {}
+    for name in SCHEDULERS:
+        steps = 100 if name == "ddpm" else 25
+        images = to_uint8(Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, torch.Generator().manual_seed(0),
+                                               progress=False))
+        scores[name] = fid(real, net.features(images))
+    pure_noise = fid(real, net.features(to_uint8(noise.clamp(-1, 1))))
+    # Far from noise, and no sampler far behind the best: a sampler that ignores the schedule fails both.
+    assert all(s < pure_noise / 5 for s in scores.values()), (scores, pure_noise)
+    assert max(scores.values()) < 3 * min(scores.values()), scores
