@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_data import save_hub_copy
 
 from diffexp.errors import ConfigError
 from diffexp.train import run
+from test_data import save_hub_copy
 
 HYDRA_RECORD = {".hydra", "train.log"}  # what Hydra writes before the task runs; a refused run adds nothing
 

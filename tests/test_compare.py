@@ -15,13 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, compose_train
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
+from conftest import REPO, TINY, compose_train
 from diffexp.compare import NOT_RECIPE, pareto_front, rank
 from diffexp.compare import run as compare
 from diffexp.config import CONF_DIR

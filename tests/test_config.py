@@ -13,15 +13,15 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import REPO, compose_train
 from diffusers import DDPMScheduler, UNet2DModel
 from hydra.utils import instantiate
-from test_data import save_hub_copy, write_image_folder
 
+from conftest import REPO, compose_train
 from diffexp.config import CONF_DIR
 from diffexp.data import ImageDataModule
 from diffexp.errors import ConfigError
 from diffexp.train import check
+from test_data import save_hub_copy, write_image_folder
 
 # What DESIGN.md promises at least; the tests below also cover any option added later.
 PROMISED = {

@@ -18,8 +18,15 @@ from wandb_records import read_run
 
 def test_nan_loss_stops_within_a_few_steps_and_the_run_says_failed(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"loss is (nan|inf) at step \d+: lower optim.optimizer.lr") as err:
-        run(tiny_cfg("optim.optimizer.lr=1e6", "optim.grad_clip=null", "optim.warmup_steps=0",
-                     "trainer.max_steps=200", "logger=wandb"))
+        run(
+            tiny_cfg(
+                "optim.optimizer.lr=1e6",
+                "optim.grad_clip=null",
+                "optim.warmup_steps=0",
+                "trainer.max_steps=200",
+                "logger=wandb",
+            )
+        )
     assert "\n" not in str(err.value)
     folder = tmp_path / "run"
     metrics = json.loads((folder / "metrics.json").read_text())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import compose_train
 from omegaconf import OmegaConf
 
+from conftest import compose_train
 from diffexp.reproduce import run as reproduce
 from diffexp.train import run as train
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import TINY
 from test_cli import ENV, diffexp
 from wandb_records import read_run

@@ -16,8 +16,18 @@ from diffexp.train import run
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cosine", "sigmoid"])
 def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedule):
-    run(tiny_cfg(f"schedule={schedule}", "model=tiny", "data.resolution=16", "data.batch_size=64",
-                 "trainer.max_steps=400", "preview.every_n_steps=0", "optim.optimizer.lr=3e-3", "threads=2"))
+    run(
+        tiny_cfg(
+            f"schedule={schedule}",
+            "model=tiny",
+            "data.resolution=16",
+            "data.batch_size=64",
+            "trainer.max_steps=400",
+            "preview.every_n_steps=0",
+            "optim.optimizer.lr=3e-3",
+            "threads=2",
+        )
+    )
     loaded = load_run(tmp_path / "run")
     net = load_feature_net("digits", 1, 16)
     real = net.features(digits_images(16))
@@ -25,8 +35,9 @@ def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedu
     scores = {}
     for name in SCHEDULERS:
         steps = 100 if name == "ddpm" else 25
-        images = to_uint8(Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, torch.Generator().manual_seed(0),
-                                               progress=False))
+        images = to_uint8(
+            Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, torch.Generator().manual_seed(0), progress=False)
+        )
         scores[name] = fid(real, net.features(images))
     pure_noise = fid(real, net.features(to_uint8(noise.clamp(-1, 1))))
     # Far from noise, and no sampler far behind the best: a sampler that ignores the schedule fails both.

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import TINY
 from test_cli import ENV, diffexp
 

@@ -8,11 +8,11 @@ import pytorch_lightning as pl
 import torch
 from diffusers import DDPMPipeline
 from hydra.utils import instantiate
-from wandb_records import read_run
 
 from diffexp.data import digits_images, to_model_range
 from diffexp.diffusion import DiffusionModule
 from diffexp.train import run
+from wandb_records import read_run
 
 
 def test_loss_falls_on_one_repeated_batch(tiny_cfg):

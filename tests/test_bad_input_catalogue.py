@@ -1,0 +1,92 @@
+"""The bad-input catalogue across groups and commands, in one process: each case is one line naming the setting
+and its fix, raised before any work, and no existing file changes.
+
+(`test_bad_input.py` holds the data and folder cases, and the real-process checks of exit code and traceback.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, compose_train
+from diffexp.errors import ConfigError
+
+# name: (command, overrides, the setting the message must name). {run}, {tmp}, {corrupt} are filled per test.
+CASES = {
+    # train: types and unknown keys (the schema), out-of-range numbers, impossible combinations
+    "batch_size_not_a_number": ("train", ["data.batch_size=abc"], "data.batch_size"),
+    "seed_not_an_integer": ("train", ["seed=1.5"], "seed"),
+    "ema_decay_not_a_number": ("train", ["ema.decay=high"], "ema.decay"),
+    "flip_not_a_bool": ("train", ["data.flip=maybe"], "data.flip"),
+    "unknown_model_key": ("train", ["+model.depth=3"], "model.depth"),
+    "ema_decay_above_one": ("train", ["ema.decay=1.5"], "ema.decay"),
+    "snr_gamma_negative": ("train", ["loss.snr_gamma=-1"], "loss.snr_gamma"),
+    "zero_steps": ("train", ["trainer.max_steps=0"], "trainer.max_steps"),
+    "unknown_prediction_type": ("train", ["schedule.prediction_type=x0"], "schedule.prediction_type"),
+    "unknown_beta_schedule": ("train", ["schedule.beta_schedule=quadratic"], "schedule.beta_schedule"),
+    "beta_start_above_end": ("train", ["schedule.beta_start=0.1", "schedule.beta_end=0.01"], "schedule.beta_start"),
+    "attention_levels_length": ("train", ["model.attention_levels=[true]"], "model.attention_levels"),
+    "norm_groups_not_dividing": ("train", ["model.norm_num_groups=7"], "model.norm_num_groups"),
+    "speed_switch_not_a_bool": ("train", ["speed.channels_last=sometimes"], "speed.channels_last"),
+    "eval_net_wrong_resolution": ("train", ["eval=digits"], "data.resolution"),
+    "fid_over_too_few_samples": ("train", ["eval=digits", "data.resolution=16", "eval.n_samples=10"], "eval.n_samples"),
+    "imagefolder_corrupt_image": ("train", ["data=imagefolder", "data.path={corrupt}"], "data.path"),
+    "sampler_zero_steps": ("train", ["sampler.steps=0"], "sampler.steps"),
+    # sample / evaluate / export / reproduce / compare
+    "sample_not_a_run": ("sample", ["run={tmp}"], "run="),
+    "sample_zero_images": ("sample", ["run={run}", "n=0"], "n="),
+    "sample_steps_beyond_training": ("sample", ["run={run}", "sampler.steps=5000"], "sampler.steps"),
+    "sample_unknown_sampler": ("sample", ["run={run}", "sampler.name=heun"], "sampler.name"),
+    "evaluate_without_metric": ("evaluate", ["run={run}", "eval=none"], "eval=none"),
+    "evaluate_too_few_samples": ("evaluate", ["run={run}", "n=8", "eval.net=digits"], "eval"),
+    "evaluate_unknown_sampler": ("evaluate", ["run={run}", "samplers=[heun]"], "samplers"),
+    "export_push_without_repo": ("export", ["run={run}", "push_to_hub=true"], "repo_id"),
+    "export_push_offline": ("export", ["run={run}", "push_to_hub=true", "repo_id=me/digits"], "push_to_hub"),
+    "reproduce_not_a_run": ("reproduce", ["run={tmp}"], "run="),
+    "compare_empty_folder": ("compare", ["sweep={tmp}/empty"], "sweep"),
+}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, str]:
+    from diffexp.train import run
+
+    root = tmp_path_factory.mktemp("catalogue")
+    run(compose_train([*TINY, "logger=none"], root / "run"))
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    Image.new("L", (8, 8)).save(corrupt / "good.png")
+    (corrupt / "broken.png").write_bytes(b"not a png at all")
+    (root / "empty").mkdir()
+    return {"run": str(root / "run"), "tmp": str(root), "corrupt": str(corrupt)}
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_catalogue_has_at_least_25_cases_across_commands():
+    assert len(CASES) >= 25 and {c for c, _, _ in CASES.values()} >= {"train", "sample", "evaluate", "export"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_before_any_work(case, places, tmp_path):
+    import importlib
+
+    command, overrides, setting = CASES[case]
+    overrides = [o.format(**places) for o in overrides]
+    if command == "train":
+        overrides = [*TINY, "logger=none", *overrides]
+    before = snapshot(Path(places["tmp"]))
+    cfg = compose_train(overrides, tmp_path / "out", name=command)
+    with pytest.raises(ConfigError) as error:
+        importlib.import_module(f"diffexp.{command}").run(cfg)
+    message = str(error.value)
+    assert setting in message and "\n" not in message, message
+    assert snapshot(Path(places["tmp"])) == before  # nothing already written changed
+    if command == "train":
+        assert not {"checkpoints", "pipeline", "metrics.json"} & {p.name for p in (tmp_path / "out").iterdir()}
