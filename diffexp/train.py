@@ -7,6 +7,7 @@ The pieces, in the order `run` builds them: data (`data.py`), UNet (`model.py`),
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -70,6 +71,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.sample_size={cfg.model.sample_size} but data.resolution={cfg.data.resolution}: make them equal"
         )
+    if cfg.logger and "TensorBoard" in cfg.logger._target_ and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard, or logger=csv")
     gpu_only = str(cfg.trainer.precision) in ("16-mixed", "16", "16-true")
     if gpu_only and not on_gpu(cfg):
         raise ConfigError(

@@ -82,3 +82,26 @@ def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tin
     bad = diffexp("sample", f"run={tmp_path}", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: run=")
+
+
+def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> None:
+    """Starts `diffexp-train args`, waits until `ready()` holds, then SIGKILLs its whole process group."""
+    import os
+    import signal
+    import time
+
+    exe = Path(sys.executable).parent / "diffexp-train"
+    proc = subprocess.Popen(
+        [str(exe), *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while not ready():
+        assert time.time() < deadline and proc.poll() is None, "the run ended or stalled before it was killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

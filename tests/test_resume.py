@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY
-from test_cli import ENV, diffexp
+from test_cli import diffexp, kill_train_once
 from wandb_records import read_run
 
 RECIPE = [
@@ -43,23 +38,12 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     out = diffexp("train", *RECIPE, f"hydra.run.dir={straight}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
 
-    exe = Path(sys.executable).parent / "diffexp-train"
-    proc = subprocess.Popen(
-        [str(exe), *RECIPE, f"hydra.run.dir={killed}"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    # Killed once a checkpoint exists, mid-epoch (112 batches an epoch at 8 px and batch 16) and between checkpoints.
+    kill_train_once(
+        [*RECIPE, f"hydra.run.dir={killed}"],
+        tmp_path,
+        ready=lambda: (killed / "checkpoints" / "last.ckpt").exists() and (killed / "losses.csv").exists(),
     )
-    deadline = time.time() + 300
-    # Kill it between checkpoints, mid-epoch (112 digits / 16 = 7 batches an epoch at 8 px... any step works).
-    while not (killed / "checkpoints" / "last.ckpt").exists() or not (killed / "losses.csv").exists():
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert json.loads((killed / "metrics.json").read_text())["status"] == "running"
     killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < killed_at < 60

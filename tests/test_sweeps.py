@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY
-from test_cli import ENV, diffexp
+from test_cli import ENV, diffexp, kill_train_once
 
 QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
 
@@ -65,21 +62,8 @@ def test_rerunning_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest
         "sweep_name=resumable",
     ]
     sweep = tmp_path / "multirun" / "resumable"
-    exe = Path(sys.executable).parent / "diffexp-train"
-    proc = subprocess.Popen(
-        [str(exe), *args],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while not (sweep / "1" / "checkpoints" / "last.ckpt").exists():  # job 0 finished, job 1 under way
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # Killed once job 0 has finished and job 1 has written a checkpoint.
+    kill_train_once(args, tmp_path, ready=lambda: (sweep / "1" / "checkpoints" / "last.ckpt").exists())
     first = jobs(sweep)
     assert first["0"]["status"] == "finished" and first["1"]["status"] == "running"
     finished_files = {p: p.stat().st_mtime_ns for p in (sweep / "0").rglob("*") if p.is_file() and p.suffix != ".log"}
