@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -145,11 +146,13 @@ class Evaluate(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.due(trainer):
             return
+        start = time.perf_counter()
         figures = self.score(pl_module) if trainer.is_global_zero else None
         figures = trainer.strategy.broadcast(figures, src=0)
         for name in ("fid", "kid", "precision", "recall"):
             pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
-        self.history.append({"step": trainer.global_step} | figures)
+        seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
+        self.history.append({"step": trainer.global_step} | figures | {"seconds": seconds})
 
     def score(self, pl_module) -> dict:
         from diffexp.metrics import score
