@@ -39,8 +39,8 @@ def pick_device(device: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> Path:
-    if cfg.n < 1:
-        raise ConfigError(f"n={cfg.n}: sample at least 1 image")
+    if cfg.n < 2:
+        raise ConfigError(f"n={cfg.n}: a grid needs at least 2 images; use n=2 or more")
     sampler = instantiate(cfg.sampler)
     device = pick_device(cfg.device)
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))

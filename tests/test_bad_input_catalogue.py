@@ -42,6 +42,7 @@ CASES = {
     # sample / evaluate / export / reproduce / compare
     "sample_not_a_run": ("sample", ["run={tmp}"], "run="),
     "sample_zero_images": ("sample", ["run={run}", "n=0"], "n="),
+    "sample_one_image": ("sample", ["run={run}", "n=1"], "n="),
     "sample_steps_beyond_training": ("sample", ["run={run}", "sampler.steps=5000"], "sampler.steps"),
     "sample_unknown_sampler": ("sample", ["run={run}", "sampler.name=heun"], "sampler.name"),
     "evaluate_without_metric": ("evaluate", ["run={run}", "eval=none"], "eval=none"),

@@ -130,3 +130,33 @@ def test_two_workers_fill_one_shared_sqlite_study(tmp_path):
     trials = optuna.load_study(study_name="optuna_tiny", storage=storage).trials
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.number for t in trials}) == 4
+
+
+@pytest.mark.slow
+def test_two_by_two_grid_in_parallel_gives_four_wandb_runs_and_a_report(tmp_path):
+    args = ["-m", *TINY, "logger=wandb", "preview.every_n_steps=0", "eval=digits", "data.resolution=16",
+            "eval.n_samples=64", "eval.reference_size=100", "eval.sampler_steps=2", "model=tiny,small",
+            "optim.optimizer.lr=1e-3,3e-3", "sweep_name=grid", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    out = diffexp("train", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "multirun" / "grid"
+    found = jobs(sweep)
+    assert len(found) == 4 and all(j["status"] == "finished" for j in found.values())
+    ids = {next((sweep / n / "wandb").glob("offline-run-*")).name.rsplit("-", 1)[1] for n in found}
+    assert len(ids) == 4
+
+    out = diffexp("compare", f"sweep={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = sweep / "report"
+    for name in ("leaderboard.csv", "leaderboard.md", "pareto.png", "losses.png", "samples.png", "report.md"):
+        assert (report / name).exists(), name
+    import csv
+
+    rows = list(csv.DictReader((report / "leaderboard.csv").open()))
+    assert len(rows) == 4
+    for size in ("tiny", "small"):
+        mine = [j for j in found.values() if j["recipe"]["model"] == size]
+        best = min(j["objective"] for j in mine)
+        first = next(r for r in rows if r["size"] == size)
+        assert abs(float(first["fid"]) - best) < 1e-6
+        assert (report / "experiments" / f"best_{size}.yaml").exists()
