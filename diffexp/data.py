@@ -68,13 +68,19 @@ class StepBatches:
         self.images, self.batch_size, self.seed, self.step = images, batch_size, seed, step
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = len(images) // (batch_size * world_size)
+        self._perm: tuple[int, torch.Tensor | None] = (-1, None)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def batch_indices(self, step: int) -> torch.Tensor:
         epoch, k = divmod(step, self.batches_per_epoch)
-        perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch))
+        if self._perm[0] != epoch:  # one permutation an epoch, not one a step
+            self._perm = (
+                epoch,
+                torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch)),
+            )
+        perm = self._perm[1]
         start = (k * self.world_size + self.rank) * self.batch_size
         return perm[start : start + self.batch_size]
 
