@@ -10,8 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from diffexp.data import to_uint8
-from diffexp.samplers import Sampler, fixed_noise, save_grid
+from diffexp.samplers import Sampler, save_grid
 
 
 class LossHistory(pl.Callback):
@@ -85,15 +84,10 @@ class SampleGrid(pl.Callback):
             self.make(trainer, pl_module)
 
     def make(self, trainer: pl.Trainer, pl_module) -> Path:
-        unet = pl_module.unet
-        noise = fixed_noise(self.n, unet.config.in_channels, unet.config.sample_size, self.seed, pl_module.device)
-        was_training = unet.training
-        unet.eval()
-        with pl_module.ema_weights():
-            images = to_uint8(self.sampler(unet, pl_module.scheduler, noise, progress=False))
-        unet.train(was_training)
+        images = pl_module.sample_images(self.sampler, self.n, self.seed)
         step = trainer.global_step
-        path = save_grid(images, self.folder / f"step_{step:06d}.png", scale=max(1, 64 // unet.config.sample_size))
+        scale = max(1, 64 // images.shape[-1])
+        path = save_grid(images, self.folder / f"step_{step:06d}.png", scale=scale)
         log_image(trainer, "samples", path, step)
         return path
 
@@ -157,15 +151,7 @@ class Evaluate(pl.Callback):
     def score(self, pl_module) -> dict:
         from diffexp.metrics import score
 
-        unet = pl_module.unet
-        noise = fixed_noise(
-            self.n_samples, unet.config.in_channels, unet.config.sample_size, self.seed, pl_module.device
-        )
-        was_training = unet.training
-        unet.eval()
-        with pl_module.ema_weights():
-            images = to_uint8(self.sampler(unet, pl_module.scheduler, noise, progress=False))
-        unet.train(was_training)
+        images = pl_module.sample_images(self.sampler, self.n_samples, self.seed)
         fake = self.net.to(pl_module.device).features(images).cpu()
         figures = score(self.real_features, fake, self.net.name, kid_subset_size=self.kid_subset_size)
         return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}

@@ -112,6 +112,21 @@ class DiffusionModule(pl.LightningModule):
         finally:
             self.ema.restore(self.unet.parameters())
 
+    @torch.no_grad()
+    def sample_images(self, sampler: Callable, n: int, seed: int) -> torch.Tensor:
+        """uint8 samples of the EMA model from the fixed noise of `seed` (previews and evaluation share it)."""
+        from diffexp.data import to_uint8
+        from diffexp.samplers import fixed_noise
+
+        cfg = self.unet.config
+        noise = fixed_noise(n, cfg.in_channels, cfg.sample_size, seed, self.device)
+        was_training = self.unet.training
+        self.unet.eval()
+        with self.ema_weights() as unet:
+            images = to_uint8(sampler(unet, self.scheduler, noise, progress=False))
+        self.unet.train(was_training)
+        return images
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.unet.parameters())
         total = max(1, int(self.trainer.estimated_stepping_batches))

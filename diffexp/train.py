@@ -114,7 +114,8 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed(cfg, "data_on_device"))
     images = datamodule.prepare()  # bad data fails here, before anything is built or written
-    evaluate = _evaluation(cfg, images, instantiate(cfg.sampler))  # so does a bad eval setting
+    sampler = instantiate(cfg.sampler)  # so does a bad sampler
+    evaluate = _evaluation(cfg, images, sampler)  # and a bad eval setting
     unet = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.schedule)
 
@@ -150,7 +151,7 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
 
     losses = LossHistory(run_dir / "losses.csv")
-    callbacks = _callbacks(cfg, run_dir, losses, evaluate)
+    callbacks = _callbacks(cfg, run_dir, losses, sampler, evaluate)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
     if logger:
         callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
@@ -227,7 +228,9 @@ def _evaluation(cfg: DictConfig, images: torch.Tensor, sampler) -> Evaluate | No
     )
 
 
-def _callbacks(cfg: DictConfig, run_dir: Path, losses: LossHistory, evaluate: Evaluate | None) -> list:
+def _callbacks(
+    cfg: DictConfig, run_dir: Path, losses: LossHistory, sampler: Sampler, evaluate: Evaluate | None
+) -> list:
     """Checkpoints (last, and best by `eval.monitor`), preview grids, the loss record, the evaluation."""
     checkpoints = run_dir / "checkpoints"
     callbacks = [
@@ -238,9 +241,7 @@ def _callbacks(cfg: DictConfig, run_dir: Path, losses: LossHistory, evaluate: Ev
             every_n_train_steps=cfg.checkpoint.every_n_steps,
             save_on_train_epoch_end=False,
         ),
-        SampleGrid(
-            run_dir / "samples", instantiate(cfg.sampler), cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed
-        ),
+        SampleGrid(run_dir / "samples", sampler, cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed),
         losses,
     ]
     if evaluate is not None:
