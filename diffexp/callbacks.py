@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from diffexp.run_folder import atomic_write_text, read_losses
 from diffexp.samplers import Sampler, save_grid
 
 
@@ -28,11 +28,7 @@ class LossHistory(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume the checkpoint's step is known here: keep the rows before it, retrain the rest.
-        if self.path.exists():
-            with self.path.open() as f:
-                for row in csv.DictReader(f):
-                    if int(row["step"]) < trainer.global_step:
-                        self.rows[int(row["step"])] = (float(row["loss"]), float(row["lr"]))
+        self.rows.update({s: row for s, row in read_losses(self.path).items() if s < trainer.global_step})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
@@ -47,8 +43,6 @@ class LossHistory(pl.Callback):
             trainer.should_stop = True
 
     def save(self) -> None:
-        from diffexp.run_folder import atomic_write_text
-
         lines = ["step,loss,lr"] + [f"{s},{loss!r},{lr!r}" for s, (loss, lr) in sorted(self.rows.items())]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
+from diffexp.run_folder import read_losses
 
 log = logging.getLogger("diffexp.compare")
 
@@ -382,10 +383,9 @@ def plot_pareto(runs: list[dict], metric: str, compute: str, path: Path) -> None
     _save(fig, path)
 
 
-def read_losses(path: str) -> tuple[list[int], list[float]]:
-    with open(path, newline="") as f:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-    return [s for s, _ in rows], [v for _, v in rows]
+def loss_curve(path: str) -> tuple[list[int], list[float]]:
+    rows = sorted(read_losses(Path(path)).items())
+    return [s for s, _ in rows], [loss for _, (loss, _) in rows]
 
 
 def plot_losses(runs: list[dict], path: Path) -> None:
@@ -396,7 +396,7 @@ def plot_losses(runs: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     labelled, seen = set(), []
     for r in (r for r in runs if r["losses"]):
-        steps, values = read_losses(r["losses"])
+        steps, values = loss_curve(r["losses"])
         label = None if r["size"] in labelled else r["size"]
         ax.plot(steps, values, color=colours[r["size"]], alpha=0.7, lw=1, label=label)
         labelled.add(r["size"])

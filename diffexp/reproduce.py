@@ -18,15 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import atomic_write_text, provenance, read_metrics
+from diffexp.run_folder import atomic_write_text, provenance, read_losses, read_metrics
 
 log = logging.getLogger("diffexp.reproduce")
 
 
-def read_losses(folder: Path) -> dict[int, float]:
-    path = Path(folder) / "losses.csv"
-    rows = path.read_text().splitlines()[1:] if path.exists() else []
-    return {int(r.split(",")[0]): float(r.split(",")[1]) for r in rows}
+def losses(folder: Path) -> dict[int, float]:
+    return {step: loss for step, (loss, _) in read_losses(Path(folder) / "losses.csv").items()}
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -36,7 +34,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def compare(original: Path, new: Path) -> dict:
     """How far the new run is from the original: losses per step and final weights."""
-    a, b = read_losses(original), read_losses(new)
+    a, b = losses(original), losses(new)
     common = sorted(set(a) & set(b))
     loss_diff = max((abs(a[s] - b[s]) for s in common), default=float("nan"))
     wa, wb = weights(original), weights(new)

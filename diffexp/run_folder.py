@@ -83,6 +83,17 @@ def update_metrics(folder: Path, **fields: Any) -> dict[str, Any]:
     return record
 
 
+def read_losses(path: Path) -> dict[int, tuple[float, float]]:
+    """`losses.csv` (written by the LossHistory callback) as `{step: (loss, lr)}`; empty when there is none."""
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        return {int(r["step"]): (float(r["loss"]), float(r["lr"])) for r in csv.DictReader(f)}
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=10)
