@@ -116,14 +116,14 @@ class DiffusionModule(pl.LightningModule):
     def sample_images(self, sampler: Callable, n: int, seed: int) -> torch.Tensor:
         """uint8 samples of the EMA model from the fixed noise of `seed` (previews and evaluation share it)."""
         from diffexp.data import to_uint8
-        from diffexp.samplers import fixed_noise
+        from diffexp.samplers import seeded_noise
 
         cfg = self.unet.config
-        noise = fixed_noise(n, cfg.in_channels, cfg.sample_size, seed, self.device)
+        noise, generator = seeded_noise(n, cfg.in_channels, cfg.sample_size, seed, self.device)
         was_training = self.unet.training
         self.unet.eval()
         with self.ema_weights() as unet:
-            images = to_uint8(sampler(unet, self.scheduler, noise, progress=False))
+            images = to_uint8(sampler(unet, self.scheduler, noise, generator, progress=False))
         self.unet.train(was_training)
         return images
 

@@ -22,7 +22,7 @@ from diffexp.errors import ConfigError, report
 from diffexp.metrics import check_sample_count, reference_features, score
 from diffexp.run_folder import LoadedRun, load_run
 from diffexp.sample import free_path, pick_device
-from diffexp.samplers import SCHEDULERS, Sampler, fixed_noise
+from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
 
 log = logging.getLogger("diffexp.evaluate")
 COLUMNS = [
@@ -84,12 +84,11 @@ def run(cfg: DictConfig) -> Path:
         )
     real = reference_for(loaded, net, cfg)
 
-    noise = fixed_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
     rows = []
     for name, steps_list in grid.items():
         for steps in steps_list:
             start = time.perf_counter()
-            generator = torch.Generator(device).manual_seed(cfg.seed)
+            noise, generator = seeded_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
             images = to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator))
             seconds = time.perf_counter() - start
             figures = score(real, net.to(device).features(images).cpu(), net.name, cfg.eval.kid_subset_size)

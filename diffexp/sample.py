@@ -17,7 +17,7 @@ from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.run_folder import load_run
-from diffexp.samplers import fixed_noise, save_grid
+from diffexp.samplers import save_grid, seeded_noise
 
 log = logging.getLogger("diffexp.sample")
 
@@ -51,8 +51,7 @@ def run(cfg: DictConfig) -> Path:
             f"sampler.steps={sampler.steps} exceeds the model's {loaded.scheduler.config.num_train_timesteps} "
             f"training timesteps: lower sampler.steps"
         )
-    noise = fixed_noise(cfg.n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
+    noise, generator = seeded_noise(cfg.n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
     images = to_uint8(sampler(unet, loaded.scheduler, noise, generator=generator))
 
     stem = f"{sampler.name}-{sampler.steps}steps-seed{cfg.seed}-n{cfg.n}"

@@ -72,13 +72,18 @@ def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tin
 
     run(tiny_cfg())
     folder = tmp_path / "run"
-    args = [f"run={folder}", "sampler=ddim", "sampler.steps=3", "n=6", "seed=3", "singles=true", "threads=2"]
+    # The default sampler is stochastic (fresh noise each step): the seed must fix that noise too.
+    args = [f"run={folder}", "sampler=dpm_solver_sde", "sampler.steps=3", "n=6", "seed=3", "singles=true", "threads=2"]
     first, second = diffexp("sample", *args, cwd=tmp_path), diffexp("sample", *args, cwd=tmp_path)
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
-    a, b = folder / "samples" / "ddim-3steps-seed3-n6.png", folder / "samples" / "ddim-3steps-seed3-n6-2.png"
+    a, b = (folder / "samples" / f"dpm_solver_sde-3steps-seed3-n6{suffix}.png" for suffix in ("", "-2"))
     assert a.exists() and b.exists()
     assert Image.open(a).tobytes() == Image.open(b).tobytes()
-    assert len(list((folder / "samples" / "ddim-3steps-seed3-n6").glob("*.png"))) == 6
+    assert len(list((folder / "samples" / "dpm_solver_sde-3steps-seed3-n6").glob("*.png"))) == 6
+    other = diffexp("sample", *args[:-3], "seed=4", cwd=tmp_path)
+    assert other.returncode == 0
+    c = folder / "samples" / "dpm_solver_sde-3steps-seed4-n6.png"
+    assert Image.open(c).tobytes() != Image.open(a).tobytes()
     bad = diffexp("sample", f"run={tmp_path}", cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: run=")

@@ -29,7 +29,7 @@ PROMISED = {
     "model": {"tiny", "small", "base", "large", "course"},
     "schedule": {"linear", "scaled_linear", "cosine", "sigmoid"},
     "optim": {"adamw"},
-    "sampler": {"ddpm", "ddim", "dpm_solver", "euler", "unipc"},
+    "sampler": {"ddpm", "ddim", "dpm_solver", "dpm_solver_sde", "euler", "unipc"},
     "eval": {"none"},
     "logger": {"wandb", "csv", "tensorboard", "none"},
     "trainer": {"default", "gpu", "ddp", "debug"},

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from diffexp.data import digits_images, to_uint8
 from diffexp.features import load_feature_net
 from diffexp.metrics import fid
 from diffexp.run_folder import load_run
-from diffexp.samplers import SCHEDULERS, Sampler, fixed_noise
+from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
 from diffexp.train import run
 
 
@@ -31,13 +30,11 @@ def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedu
     loaded = load_run(tmp_path / "run")
     net = load_feature_net("digits", 1, 16)
     real = net.features(digits_images(16))
-    noise = fixed_noise(200, 1, 16, seed=1)
     scores = {}
     for name in SCHEDULERS:
         steps = 100 if name == "ddpm" else 25
-        images = to_uint8(
-            Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, torch.Generator().manual_seed(0), progress=False)
-        )
+        noise, generator = seeded_noise(200, 1, 16, seed=1)
+        images = to_uint8(Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, generator, progress=False))
         scores[name] = fid(real, net.features(images))
     pure_noise = fid(real, net.features(to_uint8(noise.clamp(-1, 1))))
     # Far from noise, and no sampler far behind the best: a sampler that ignores the schedule fails both.

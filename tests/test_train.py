@@ -139,7 +139,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     history = metrics["eval_history"]
     assert [h["step"] for h in history] == [2, 4]
     assert all(h["feature_net"] == "digits" and h["n_fake"] == 64 and h["n_real"] == 200 for h in history)
-    assert all(h["sampler"] == "dpm_solver" and h["sampler_steps"] == 2 for h in history)
+    assert all(h["sampler"] == "dpm_solver_sde" and h["sampler_steps"] == 2 for h in history)
     assert metrics["eval"] == history[-1] and final == history[-1]["fid"]
     assert metrics["eval_best"]["fid"] == min(h["fid"] for h in history)
     assert (folder / "checkpoints" / "best.ckpt").exists()
