@@ -70,14 +70,15 @@ def sample(
     steps: int,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    **step_options,
 ) -> torch.Tensor:
     """The reverse process: start from `noise`, then for each t: predict with the UNet, `scheduler.step`.
 
-    Returns images in [-1, 1].
+    `step_options` go to every `scheduler.step` (e.g. `eta` for DDIM). Returns images in [-1, 1].
     """
     scheduler.set_timesteps(steps, device=noise.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    extra = {"generator": generator} if takes_generator else {}
+    extra = ({"generator": generator} if takes_generator else {}) | step_options
     x = noise * scheduler.init_noise_sigma
     for t in tqdm(
         scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
@@ -94,7 +95,8 @@ class Sampler:
         name: `ddpm`, `ddim`, `dpm_solver`, `dpm_solver_sde`, `euler` or `unipc`.
         steps: network evaluations per image (DDPM at fewer than the training steps skips timesteps).
         batch_size: images denoised at once.
-        options: extra settings of the diffusers scheduler (e.g. `eta` for DDIM).
+        options: extra settings of the diffusers scheduler: its config keys (e.g. `solver_order`) or arguments of
+            its `step` (e.g. `eta` for DDIM).
     """
 
     def __init__(self, name: str, steps: int, batch_size: int = 256, options: dict | None = None) -> None:
@@ -105,6 +107,16 @@ class Sampler:
         if batch_size < 1:
             raise ConfigError(f"sampler.batch_size={batch_size}: use a positive batch size")
         self.name, self.steps, self.batch_size, self.options = name, steps, batch_size, dict(options or {})
+        cls = SCHEDULERS[name][0]
+        step_args = set(inspect.signature(cls.step).parameters) - {"self", "model_output", "timestep", "sample"}
+        step_args -= {"generator", "return_dict"}
+        config_args = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        for key in self.options:
+            if key not in step_args | config_args:
+                known = sorted(step_args | config_args)
+                raise ConfigError(f"sampler.options.{key}: not a setting of {cls.__name__}; use one of {known}")
+        self.step_options = {k: v for k, v in self.options.items() if k in step_args}
+        self.scheduler_options = {k: v for k, v in self.options.items() if k not in step_args}
 
     def __call__(
         self,
@@ -119,9 +131,10 @@ class Sampler:
                 f"sampler.steps={self.steps} exceeds the {train_scheduler.config.num_train_timesteps} training "
                 f"timesteps: use sampler.steps<={train_scheduler.config.num_train_timesteps}"
             )
-        scheduler = sampling_scheduler(self.name, train_scheduler, **self.options)
+        scheduler = sampling_scheduler(self.name, train_scheduler, **self.scheduler_options)
         chunks = [
-            sample(unet, scheduler, chunk, self.steps, generator, progress) for chunk in noise.split(self.batch_size)
+            sample(unet, scheduler, chunk, self.steps, generator, progress, **self.step_options)
+            for chunk in noise.split(self.batch_size)
         ]
         return torch.cat(chunks)
 

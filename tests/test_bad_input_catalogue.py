@@ -45,6 +45,11 @@ CASES = {
     "sample_one_image": ("sample", ["run={run}", "n=1"], "n="),
     "sample_steps_beyond_training": ("sample", ["run={run}", "sampler.steps=5000"], "sampler.steps"),
     "sample_unknown_sampler": ("sample", ["run={run}", "sampler.name=heun"], "sampler.name"),
+    "sample_unknown_sampler_option": (
+        "sample",
+        ["run={run}", "sampler=ddim", "+sampler.options.etta=1.0"],
+        "sampler.options.etta",
+    ),
     "evaluate_without_metric": ("evaluate", ["run={run}", "eval=none"], "eval=none"),
     "evaluate_too_few_samples": ("evaluate", ["run={run}", "n=8", "eval.net=digits"], "eval"),
     "evaluate_unknown_sampler": ("evaluate", ["run={run}", "samplers=[heun]"], "samplers"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from diffexp.data import digits_images, to_uint8
 from diffexp.features import load_feature_net
@@ -40,3 +41,20 @@ def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedu
     # Far from noise, and no sampler far behind the best: a sampler that ignores the schedule fails both.
     assert all(s < pure_noise / 5 for s in scores.values()), (scores, pure_noise)
     assert max(scores.values()) < 3 * min(scores.values()), scores
+
+
+def test_sampler_options_reach_the_scheduler_config_or_its_step():
+    """`options` holds config keys (solver_order) or step arguments (DDIM's eta); both must change the images."""
+    from diffexp.model import unet
+    from diffexp.schedule import ddpm_scheduler
+
+    torch.manual_seed(0)
+    model = unet(8, 1, [8, 16], [False, False], 1, norm_num_groups=4).eval()
+    scheduler = ddpm_scheduler("squaredcos_cap_v2")
+
+    def images(name: str, **options) -> torch.Tensor:
+        return Sampler(name, 4, options=options)(model, scheduler, *seeded_noise(4, 1, 8, seed=0), progress=False)
+
+    assert not torch.equal(images("ddim"), images("ddim", eta=1.0))
+    assert torch.equal(images("ddim", eta=1.0), images("ddim", eta=1.0))  # the seed fixes eta's noise
+    assert not torch.equal(images("dpm_solver"), images("dpm_solver", solver_order=1))
