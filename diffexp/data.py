@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -219,13 +220,23 @@ def _cached_tensor(ds, image_column: str, resolution: int, channels: int, what: 
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers within `timeout` seconds, DNS lookup included (the socket timeout alone does
+    not bound a hanging resolver, so the check runs in a daemon thread that is abandoned when late)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    answer: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 class HubDataModule(ImageDataModule):

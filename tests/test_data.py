@@ -232,3 +232,17 @@ def test_flip_mirrors_some_images_horizontally_only():
     assert all(f or k for f, k in zip(flipped, kept, strict=True))  # each image is itself or its mirror image
     assert 10 < sum(flipped) < 54  # about half, never all or none
     assert torch.equal(dm.on_after_batch_transfer(batch, 0), x)  # the same flips for the same (seed, step)
+
+
+def test_hub_check_is_bounded_even_when_the_resolver_hangs(monkeypatch):
+    """A hanging DNS lookup is not bounded by the socket timeout: the check must give up on its own."""
+    import socket
+    import time
+
+    from diffexp import data
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))  # a resolver that hangs
+    start = time.perf_counter()
+    assert data._hub_reachable(timeout=0.5) is False
+    assert time.perf_counter() - start < 5
