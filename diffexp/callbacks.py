@@ -142,6 +142,13 @@ class Evaluate(pl.Callback):
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         self.history.append({"step": trainer.global_step} | figures | {"seconds": seconds})
 
+    def state_dict(self) -> dict:
+        # In every checkpoint, so a resumed run's metrics.json still holds the evaluations made before the resume.
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def score(self, pl_module) -> dict:
         from diffexp.metrics import score
 

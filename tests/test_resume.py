@@ -20,6 +20,12 @@ RECIPE = [
     "threads=1",
     "data.flip=true",
     "logger=wandb",
+    "eval=digits",
+    "data.resolution=16",
+    "eval.every_n_steps=10",
+    "eval.n_samples=64",
+    "eval.reference_size=100",
+    "eval.sampler_steps=2",
 ]
 
 
@@ -38,7 +44,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     out = diffexp("train", *RECIPE, f"hydra.run.dir={straight}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
 
-    # Killed once a checkpoint exists, mid-epoch (112 batches an epoch at 8 px and batch 16) and between checkpoints.
+    # Killed once a checkpoint exists, mid-epoch (112 batches an epoch at batch 16) and between checkpoints.
     kill_train_once(
         [*RECIPE, f"hydra.run.dir={killed}"],
         tmp_path,
@@ -55,6 +61,10 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert (straight / "losses.csv").read_text() == (killed / "losses.csv").read_text()
     metrics = json.loads((killed / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["steps"] == 60 and metrics["images_seen"] == 60 * 16
+    # The evaluations made before the kill come back from the checkpoint: the same history, figure for figure.
+    expected = json.loads((straight / "metrics.json").read_text())["eval_history"]
+    assert [h["step"] for h in expected] == [10, 20, 30, 40, 50, 60]
+    assert [(h["step"], h["fid"]) for h in metrics["eval_history"]] == [(h["step"], h["fid"]) for h in expected]
     # The W&B run goes on under the same id (the killed process may not have flushed its own file).
     folders = sorted((killed / "wandb").glob("offline-run-*"))
     assert len(folders) == 2 and len({f.name.rsplit("-", 1)[1] for f in folders}) == 1
