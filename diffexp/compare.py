@@ -8,7 +8,6 @@ built aside and renamed into place whole): `leaderboard.csv/.md`, `recipes.csv/.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.run_folder import read_losses
+from diffexp.tables import cell, markdown, write_table
 
 log = logging.getLogger("diffexp.compare")
 
@@ -311,28 +311,6 @@ def experiment_yaml(run: dict, defaults: dict[str, str], base: dict, comment: li
     return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create({"defaults": entries, **body}))
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v).replace("|", "\\|")
-
-
-def write_table(rows: list[dict], columns: list[str], path: Path, md_columns: list[str] | None = None) -> str:
-    """`rows` as `path` (.csv, every column) and `path.md` (the readable columns); returns the Markdown."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([{c: "" if r.get(c) is None else r.get(c) for c in columns} for r in rows])
-    md = markdown(rows, md_columns or columns)
-    path.with_suffix(".md").write_text(md)
-    return md
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]) + "\n"
-
-
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -527,8 +505,8 @@ def best_markdown(best: list[dict], used: str, notes: list[str], several_bases: 
             "",
             f"- recipe: `{b['recipe']}`",
             f"- {used}: {_spread(b)} (mean over {b['seeds']} seed(s): {b['seed_list']}; runs {b['runs']})",
-            f"- compute: {_cell(b['images_seen'])} images seen, {_cell(b['train_seconds'])} s, "
-            f"{_cell(b['parameters'])} parameters",
+            f"- compute: {cell(b['images_seen'])} images seen, {cell(b['train_seconds'])} s, "
+            f"{cell(b['parameters'])} parameters",
         ]
         if b["experiment"]:
             path = f"experiments/{b['experiment']}.yaml"

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from diffexp.metrics import check_sample_count, reference_features, score
 from diffexp.run_folder import LoadedRun, load_run
 from diffexp.sample import free_path, pick_device
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
+from diffexp.tables import write_table
 
 log = logging.getLogger("diffexp.evaluate")
 COLUMNS = [
@@ -105,26 +105,10 @@ def run(cfg: DictConfig) -> Path:
             log.info("%s-%d: fid %.3f", name, steps, figures["fid"])
     stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}"
     path = free_path(Path(cfg.run) / "eval", stem, ".csv")
-    write_table(rows, path)
+    write_table(rows, COLUMNS, path)
     plot_quality(rows, path.with_suffix(".png"), f"{cfg.eval.net} FID, {n} samples")
     print(path.with_suffix(".md").read_text())
     return path
-
-
-def write_table(rows: list[dict], path: Path) -> None:
-    """The same rows as CSV and as a Markdown table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def plot_quality(rows: list[dict], path: Path, title: str) -> None:
