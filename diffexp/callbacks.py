@@ -137,8 +137,9 @@ class Evaluate(pl.Callback):
         start = time.perf_counter()
         figures = self.score(pl_module) if trainer.is_global_zero else None
         figures = trainer.strategy.broadcast(figures, src=0)
-        for name in ("fid", "kid", "precision", "recall"):
-            pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
+        for name in ("fid", "kid", "precision", "recall", "top_prob", "class_min", "class_max"):
+            if name in figures:  # the class figures come with classifier feature nets (digits) only
+                pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         self.history.append({"step": trainer.global_step} | figures | {"seconds": seconds})
 
@@ -153,6 +154,8 @@ class Evaluate(pl.Callback):
         from diffexp.metrics import score
 
         images = pl_module.sample_images(self.sampler, self.n_samples, self.seed)
-        fake = self.net.to(pl_module.device).features(images).cpu()
-        figures = score(self.real_features, fake, self.net.name, kid_subset_size=self.kid_subset_size)
+        net = self.net.to(pl_module.device)
+        probs = net.probs(images).cpu() if hasattr(net, "probs") else None
+        fake = net.features(images).cpu()
+        figures = score(self.real_features, fake, net.name, self.kid_subset_size, fake_probs=probs)
         return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}

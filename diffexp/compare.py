@@ -31,7 +31,14 @@ from diffexp.tables import cell, markdown, write_table
 
 log = logging.getLogger("diffexp.compare")
 
-HIGHER_IS_BETTER = {"fid": False, "kid": False, "precision": True, "recall": True, "final_loss": False}
+HIGHER_IS_BETTER = {
+    "fid": False,
+    "kid": False,
+    "precision": True,
+    "recall": True,
+    "top_prob": True,  # the digits net's mean top-class probability of the samples
+    "final_loss": False,
+}
 COMPUTE = ("images_seen", "train_seconds")
 # Settings that do not change what a run learns (the seed is averaged over instead), and group choices that are no
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).

@@ -34,6 +34,9 @@ COLUMNS = [
     "kid_std",
     "precision",
     "recall",
+    "top_prob",
+    "class_min",
+    "class_max",
     "feature_net",
     "n_real",
     "n_fake",
@@ -74,7 +77,7 @@ def run(cfg: DictConfig) -> Path:
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     loaded = load_run(Path(cfg.run))
     unet = loaded.unet.to(device)
-    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size)
+    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size).to(device)
     check_sample_count(n, net.num_features, cfg.eval.net)
     too_many = [(s, k) for s, ks in grid.items() for k in ks if k > loaded.scheduler.config.num_train_timesteps]
     if too_many:
@@ -91,7 +94,8 @@ def run(cfg: DictConfig) -> Path:
             noise, generator = seeded_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
             images = to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator))
             seconds = time.perf_counter() - start
-            figures = score(real, net.to(device).features(images).cpu(), net.name, cfg.eval.kid_subset_size)
+            probs = net.probs(images).cpu() if hasattr(net, "probs") else None
+            figures = score(real, net.features(images).cpu(), net.name, cfg.eval.kid_subset_size, fake_probs=probs)
             rows.append(
                 {
                     "sampler": name,

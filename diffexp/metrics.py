@@ -169,6 +169,18 @@ def reference_features(images_uint8: Tensor, net, key: str, cache_dir: Path, n: 
     return feats
 
 
+def class_figures(probs: Tensor) -> dict:
+    """What a classifier makes of the samples: the mean top-class probability (is each sample clearly one class?)
+    and the smallest and largest share of a class among the samples (are all classes there, evenly?).
+
+    Args:
+        probs: class probabilities of the samples, `[N, classes]`.
+    """
+    top, cls = probs.max(dim=1)
+    share = torch.bincount(cls, minlength=probs.shape[1]).double() / len(probs)
+    return {"top_prob": top.mean().item(), "class_min": share.min().item(), "class_max": share.max().item()}
+
+
 def score(
     real_feats: Tensor,
     fake_feats: Tensor,
@@ -177,6 +189,7 @@ def score(
     kid_subsets: int = 100,
     k: int = 3,
     seed: int = 0,
+    fake_probs: Tensor | None = None,
 ) -> dict:
     """All metrics of one sample set, with the feature net and counts that make the figures comparable.
 
@@ -188,6 +201,8 @@ def score(
         kid_subsets: number of KID subsets.
         k: neighbourhood size of precision/recall.
         seed: seeds the KID subsets.
+        fake_probs: the feature net's class probabilities of the samples, where it is a classifier (digits):
+            adds `class_figures`.
     """
     kid_mean, kid_std = kid(real_feats, fake_feats, kid_subset_size, kid_subsets, seed)
     precision, recall = precision_recall(real_feats, fake_feats, k)
@@ -200,4 +215,4 @@ def score(
         "n_real": len(real_feats),
         "n_fake": len(fake_feats),
         "feature_net": feature_net,
-    }
+    } | (class_figures(fake_probs) if fake_probs is not None else {})

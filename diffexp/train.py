@@ -34,7 +34,8 @@ from diffexp.schedule import plot_schedule
 from diffexp.schema import validate
 
 log = logging.getLogger("diffexp.train")
-HIGHER_IS_BETTER = {"precision", "recall"}
+HIGHER_IS_BETTER = {"precision", "recall", "top_prob"}
+MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classifier feature nets (digits) only
 
 
 def on_gpu(cfg: DictConfig) -> bool:
@@ -58,6 +59,11 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be > 0 (e.g. 1e-3)")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: train at least 1 step")
+    monitors = MONITORS if cfg.eval.net == "digits" else MONITORS - {"top_prob"}
+    if cfg.eval.net and cfg.eval.monitor is not None and cfg.eval.monitor not in monitors:
+        raise ConfigError(
+            f"eval.monitor={cfg.eval.monitor}: the best checkpoint is chosen by one of {sorted(monitors)} (or null)"
+        )
     if not 0 <= cfg.ema.decay < 1:
         raise ConfigError(f"ema.decay={cfg.ema.decay}: use 0 (off) or a value in (0, 1), e.g. 0.999")
     if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:

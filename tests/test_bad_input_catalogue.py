@@ -36,6 +36,7 @@ CASES = {
     "speed_switch_not_a_bool": ("train", ["speed.channels_last=sometimes"], "speed.channels_last"),
     "eval_net_wrong_resolution": ("train", ["eval=digits"], "data.resolution"),
     "fid_over_too_few_samples": ("train", ["eval=digits", "data.resolution=16", "eval.n_samples=10"], "eval.n_samples"),
+    "eval_unknown_monitor": ("train", ["eval=digits", "data.resolution=16", "eval.monitor=fidd"], "eval.monitor=fidd"),
     "imagefolder_corrupt_image": ("train", ["data=imagefolder", "data.path={corrupt}"], "data.path"),
     "sampler_zero_steps": ("train", ["sampler.steps=0"], "sampler.steps"),
     "tensorboard_not_installed": ("train", ["logger=tensorboard"], "logger=tensorboard"),

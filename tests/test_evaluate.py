@@ -32,5 +32,6 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
     settings = {(r["sampler"], int(r["steps"])) for r in rows[0]}
     assert settings == {("ddim", 2), ("ddim", 3), ("dpm_solver_sde", 2), ("dpm_solver_sde", 3), ("ddpm", 4)}
     assert all(math.isfinite(float(r["fid"])) and float(r["fid"]) > 0 for r in rows[0])
+    assert all(0.1 <= float(r["top_prob"]) <= 1 and float(r["class_min"]) <= float(r["class_max"]) for r in rows[0])
     # Same seed, same figures: the stochastic samplers' step noise is seeded too.
     assert [r["fid"] for r in rows[0]] == [r["fid"] for r in rows[1]]

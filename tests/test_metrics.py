@@ -19,6 +19,7 @@ from diffexp.errors import ConfigError
 from diffexp.features import MANIFEST, WEIGHTS, heldout_split, load_digits_net, load_feature_net
 from diffexp.metrics import (
     check_sample_count,
+    class_figures,
     fid,
     kid,
     precision_recall,
@@ -142,6 +143,18 @@ def test_score_records_net_and_counts(feats):
     assert set(s) == {"fid", "kid", "kid_std", "precision", "recall", "n_real", "n_fake", "feature_net"}
     assert (s["n_real"], s["n_fake"], s["feature_net"]) == (len(feats["a"]), 300, "digits")
     json.dumps(s)  # plain numbers, ready for metrics.json
+
+
+def test_class_figures_tell_clear_balanced_digits_from_noise_and_collapse(net, halves):
+    _, b = halves
+    real = class_figures(net.probs(b))
+    assert real["top_prob"] > 0.9 and 0.05 < real["class_min"] <= real["class_max"] < 0.15
+    noise = torch.randint(0, 256, b.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert class_figures(net.probs(noise))["top_prob"] < real["top_prob"] - 0.2
+    one = class_figures(net.probs(b[:1].expand_as(b).contiguous()))  # one digit, many copies
+    assert (one["class_min"], one["class_max"]) == (0.0, 1.0)
+    s = score(net.features(b), net.features(b), "digits", kid_subset_size=100, kid_subsets=2, fake_probs=net.probs(b))
+    assert s["top_prob"] == real["top_prob"] and s["class_min"] == real["class_min"]
 
 
 def test_corrupted_weights_raise(tmp_path):

@@ -146,4 +146,5 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["global_step"] == metrics["eval_best"]["step"]
     logged = (folder / "csv" / "metrics.csv").read_text().splitlines()
-    assert "eval/fid" in logged[0]
+    assert "eval/fid" in logged[0] and "eval/top_prob" in logged[0]
+    assert all(0 < h["top_prob"] <= 1 and 0 <= h["class_min"] <= h["class_max"] <= 1 for h in history)
