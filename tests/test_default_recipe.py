@@ -1,0 +1,23 @@
+"""The default recipe is a good recipe: `make train`'s run gives clear digits of all ten classes (foundation issue)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from test_cli import diffexp
+
+
+@pytest.mark.slow
+def test_default_recipe_gives_clear_digits_of_every_class(tmp_path):
+    run = tmp_path / "run"
+    out = diffexp("train", "logger=csv", f"hydra.run.dir={run}", cwd=tmp_path, timeout=1800)  # defaults; csv: no W&B
+    assert out.returncode == 0, out.stderr[-3000:]
+    args = [f"run={run}", "samplers=[dpm_solver_sde]", "steps=[25]", "ddpm_steps=[]", "n=1000", "seed=123"]
+    out = diffexp("evaluate", *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = csv.DictReader(next((run / "eval").glob("*.csv")).open())
+    # The digits net's mean top-class probability of 1000 samples, and every class within 5%-15% of them.
+    assert float(row["top_prob"]) >= 0.9, row
+    assert 0.05 <= float(row["class_min"]) <= float(row["class_max"]) <= 0.15, row
