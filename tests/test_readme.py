@@ -1,4 +1,4 @@
-"""The README cannot rot: every `diffexp-*` command it shows composes against today's configs.
+"""The README cannot rot: every `diffexp-*` command it (and docs/recipes.md) shows composes against today's configs.
 
 Running them is covered elsewhere (test_cli, test_sweeps, test_compare, ...); here each line of the README's
 shell blocks is parsed as the user would type it and composed by Hydra with its own app config.
@@ -17,8 +17,8 @@ from conftest import REPO
 from diffexp.config import CONF_DIR
 
 
-def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+def readme_commands(*docs: str) -> list[str]:
+    text = "\n".join((REPO / doc).read_text() for doc in ("README.md", *docs))
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line.startswith("diffexp-")]
@@ -29,7 +29,7 @@ def test_readme_shows_every_command():
     assert shown == {f"diffexp-{c}" for c in ("train", "sample", "evaluate", "compare", "reproduce", "export")}
 
 
-@pytest.mark.parametrize("line", readme_commands())
+@pytest.mark.parametrize("line", readme_commands("docs/recipes.md"))
 def test_readme_command_composes(line):
     command, *args = shlex.split(line)
     overrides = [a for a in args if a != "-m"]
