@@ -154,8 +154,6 @@ class Evaluate(pl.Callback):
         from diffexp.metrics import score
 
         images = pl_module.sample_images(self.sampler, self.n_samples, self.seed)
-        net = self.net.to(pl_module.device)
-        probs = net.probs(images).cpu() if hasattr(net, "probs") else None
-        fake = net.features(images).cpu()
-        figures = score(self.real_features, fake, net.name, self.kid_subset_size, fake_probs=probs)
+        fake, probs = self.net.to(pl_module.device).features_and_probs(images)
+        figures = score(self.real_features, fake, self.net.name, self.kid_subset_size, fake_probs=probs)
         return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}

@@ -94,8 +94,8 @@ def run(cfg: DictConfig) -> Path:
             noise, generator = seeded_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
             images = to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator))
             seconds = time.perf_counter() - start
-            probs = net.probs(images).cpu() if hasattr(net, "probs") else None
-            figures = score(real, net.features(images).cpu(), net.name, cfg.eval.kid_subset_size, fake_probs=probs)
+            fake, probs = net.features_and_probs(images)
+            figures = score(real, fake, net.name, cfg.eval.kid_subset_size, fake_probs=probs)
             rows.append(
                 {
                     "sampler": name,

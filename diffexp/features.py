@@ -99,7 +99,12 @@ class DigitsNet(nn.Module):
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `[N, C, H, W]` -> digit class probabilities `[N, 10]` (the "not a digit" logit left out)."""
-        return self._run(images)[1][:, :10].softmax(-1)
+        return self.features_and_probs(images)[1]
+
+    def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` and `probs` from one pass over the images."""
+        feats, logits = self._run(images)
+        return feats, logits[:, :10].softmax(-1)
 
 
 def heldout_split(n: int = 1797) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,6 +270,10 @@ class InceptionNet(nn.Module):
                     chunk = chunk.repeat(1, 3, 1, 1)
                 out.append(self.net(chunk).double().cpu())
         return torch.cat(out)
+
+    def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """`features`, and no class probabilities: this net is no classifier of the data."""
+        return self.features(images), None
 
 
 def inception_weights_path() -> Path:
