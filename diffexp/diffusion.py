@@ -15,6 +15,18 @@ from diffusers.training_utils import EMAModel
 from diffexp.schedule import snr
 
 
+class EMA(EMAModel):
+    """diffusers' EMA of the weights, updated in one in-place pass (`lerp`) instead of two with a temporary copy:
+    half the time a step (0.6 vs 1.3 ms on the tiny model, 7 vs 15 ms on the course's 18.5M UNet, 2 CPU cores)."""
+
+    @torch.no_grad()
+    def step(self, parameters) -> None:
+        self.optimization_step += 1
+        self.cur_decay_value = self.get_decay(self.optimization_step)
+        # shadow += (1 - decay) * (param - shadow): the same update as EMAModel.step
+        torch._foreach_lerp_(self.shadow_params, [p.detach() for p in parameters], 1 - self.cur_decay_value)
+
+
 class DiffusionModule(pl.LightningModule):
     """Trains `unet` to denoise under `scheduler`'s noise schedule.
 
@@ -59,7 +71,7 @@ class DiffusionModule(pl.LightningModule):
         # Kept off the module's attributes, so checkpoints and exports hold the plain UNet's weights only.
         object.__setattr__(self, "forward_unet", torch.compile(unet) if compile else unet)
         self.ema = (
-            EMAModel(unet.parameters(), decay=ema_decay, use_ema_warmup=ema_warmup, power=ema_power, foreach=True)
+            EMA(unet.parameters(), decay=ema_decay, use_ema_warmup=ema_warmup, power=ema_power, foreach=True)
             if ema_decay > 0
             else None
         )
@@ -85,7 +97,8 @@ class DiffusionModule(pl.LightningModule):
             weight = s.clamp(max=self.snr_gamma) / {"epsilon": s, "v_prediction": s + 1, "sample": 1}[kind]
             loss = loss * weight
         loss = loss.mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.global_step % 10 == 0:  # the progress bar's figure; LossHistory records every step's loss and lr
+            self.log("train/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
     def on_fit_start(self) -> None:

@@ -157,10 +157,8 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
 
     losses = LossHistory(run_dir / "losses.csv")
-    callbacks = _callbacks(cfg, run_dir, losses, sampler, evaluate)
+    callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
-    if logger:
-        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
     if cfg.budget.images:  # a budget in images seen, so recipes with other batch sizes get the same compute
         trainer.fit_loop.epoch_loop.max_steps = math.ceil(
@@ -234,7 +232,7 @@ def _evaluation(cfg: DictConfig, images: torch.Tensor, sampler) -> Evaluate | No
     )
 
 
-def _callbacks(
+def train_callbacks(
     cfg: DictConfig, run_dir: Path, losses: LossHistory, sampler: Sampler, evaluate: Evaluate | None
 ) -> list:
     """Checkpoints (last, and best by `eval.monitor`), preview grids, the loss record, the evaluation."""

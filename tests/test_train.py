@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from diffusers import DDPMPipeline
 from hydra.utils import instantiate
 
 from diffexp.data import digits_images, to_model_range
-from diffexp.diffusion import DiffusionModule
+from diffexp.diffusion import EMA, DiffusionModule
 from diffexp.train import run
 from wandb_records import read_run
 
@@ -95,6 +96,24 @@ def test_run_folder_is_complete_and_pipeline_samples(tiny_cfg, tmp_path):
     assert "ema" in ckpt
 
 
+def test_ema_update_is_diffusers_ema_update():
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    ours, theirs = (cls(params, decay=0.99, use_ema_warmup=True, power=2 / 3) for cls in (EMA, EMAModel))
+    for _ in range(20):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        ours.step(params)
+        theirs.step(params)
+    assert ours.optimization_step == theirs.optimization_step == 20
+    for a, b in zip(ours.shadow_params, theirs.shadow_params, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(ours.shadow_params[0], params[0])  # it averages, not copies
+
+
 def test_exported_weights_are_the_ema_weights(tiny_cfg, tmp_path):
     run(tiny_cfg("ema.decay=0.5", "ema.warmup=false"))
     folder = tmp_path / "run"
@@ -115,7 +134,8 @@ def test_wandb_offline_run_holds_config_losses_and_images(tiny_cfg, tmp_path):
     assert sorted(steps) == [0, 1, 2, 3]
     losses = (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]
     assert [float(line.split(",")[1]) for line in losses] == [steps[s] for s in range(4)]
-    assert any("lr-AdamW" in h for h in rec["history"])
+    lrs = (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]
+    assert [float(line.split(",")[2]) for line in lrs] == [h["train/lr"] for h in rec["history"] if "train/lr" in h]
     images = [f for f in rec["files"] if f.startswith("media/images/samples")]
     assert len(images) >= 2 and all((wandb_dir / "files" / f).exists() for f in images)
     assert rec["summary"]["images_seen"] == 64 and rec["summary"]["parameters"] > 0
@@ -146,5 +166,27 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["global_step"] == metrics["eval_best"]["step"]
     logged = (folder / "csv" / "metrics.csv").read_text().splitlines()
-    assert "eval/fid" in logged[0] and "eval/top_prob" in logged[0]
+    assert "eval/fid" in logged[0] and "eval/top_prob" in logged[0] and "train/loss" in logged[0]
     assert all(0 < h["top_prob"] <= 1 and 0 <= h["class_min"] <= h["class_max"] <= 1 for h in history)
+
+
+def _losses(folder) -> list[float]:
+    return [float(line.split(",")[1]) for line in (folder / "losses.csv").read_text().splitlines()[1:]]
+
+
+def test_speed_switches_train_the_same_recipe(tiny_cfg, tmp_path):
+    """channels_last and data on the device (GPU speed-ups) also run on a CPU, and change speed, not the maths."""
+    run(tiny_cfg("speed.fused_adamw=false", run_dir=tmp_path / "plain"))
+    run(tiny_cfg("speed.channels_last=true", "speed.data_on_device=true", run_dir=tmp_path / "fast"))
+    plain, fast = _losses(tmp_path / "plain"), _losses(tmp_path / "fast")
+    assert len(plain) == len(fast) == 4
+    torch.testing.assert_close(fast, plain, rtol=1e-3, atol=1e-5)
+    meta = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert meta["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_gives_the_same_losses(tiny_cfg, tmp_path):
+    run(tiny_cfg(run_dir=tmp_path / "eager"))
+    run(tiny_cfg("speed.compile=true", run_dir=tmp_path / "compiled"))
+    torch.testing.assert_close(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), rtol=1e-3, atol=1e-5)
