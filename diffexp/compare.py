@@ -357,9 +357,11 @@ def plot_pareto(runs: list[dict], metric: str, compute: str, path: Path) -> None
         )
         for r in front:
             ax.annotate(r["name"], (r[compute], r["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    xs = [r[compute] for r in scored]
+    xs, ys = [r[compute] for r in scored], [r["value"] for r in scored]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
+    if ys and min(ys) > 0 and max(ys) / min(ys) >= 10:  # one diverged run would flatten the rest
+        ax.set_yscale("log")
     ax.set_xlabel(compute.replace("_", " "))
     ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
     ax.set_title(f"{metric} against training compute" + ("" if scored else " (no scored runs)"))
