@@ -22,10 +22,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from conftest import REPO, TINY, compose_train
-from diffexp.compare import NOT_RECIPE, pareto_front, rank
 from diffexp.compare import run as compare
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
+from diffexp.report.ranking import pareto_front, rank
+from diffexp.report.runs import NOT_RECIPE
 from diffexp.train import run as train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
