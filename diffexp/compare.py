@@ -3,7 +3,8 @@
 `diffexp-compare sweep=multirun/lr-sweep [metric=fid compute=images_seen out=FOLDER name=best]` (also
 `sweep=[DIR1,DIR2]` or `runs=[RUN1,RUN2]`) writes, into a new folder (`<first sweep>/report`, else `report-2`, ...,
 built aside and renamed into place whole): `leaderboard.csv/.md`, `recipes.csv/.md` (seeds averaged), `best.md`,
-`pareto.png`, `losses.png`, `samples.png`, `experiments/<name>_<size>.yaml` and `report.md`.
+`pareto.png`, `losses.png`, `samples.png`, `conf/experiment/<name>_<size>.yaml` (train one with
+`diffexp-train --config-dir REPORT/conf experiment=<name>_<size>`) and `report.md`.
 The parts live in `diffexp/report/`; this module reads the settings, builds the report aside and renames it in.
 """
 
@@ -22,13 +23,14 @@ from omegaconf import DictConfig, ListConfig
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
-from diffexp.report.experiments import write_experiments
-from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, best_markdown, by_size, columns_for
+from diffexp.report.experiments import name_experiments, write_experiments
+from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for
 from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
 from diffexp.report.ranking import (
     HIGHER_IS_BETTER,
     best_recipes,
     choose_metric,
+    judge,
     label_recipes,
     rank,
     recipes,
@@ -57,17 +59,19 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     board = rank([score(r, used) for r in label_recipes(runs)], higher)
     common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)] if runs else []
     for r in board:
-        r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"], "overrides": " ".join(r["overrides"])}
-    table = recipes(board, higher)
+        r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"], f"{used} 95% CI": r["ci"]}
+        r["overrides"] = " ".join(r["overrides"])
+    table = judge(recipes(board, higher))
     for r in table:
-        r |= {f"{used} mean": r["mean"], f"{used} std": r["std"]}
+        r |= {f"{used} mean": r["mean"], f"{used} std": r["std"], f"{used} 95% CI": r["ci"]}
     best = best_recipes(table)
+    name_experiments(best, name)  # a name the package ships is refused before anything is written
     bases = sorted({r["basis"] for r in board if r["basis"]})
 
     ranking = f"Ranked by `{used}` ({'higher' if higher else 'lower'} is better) of the final model" + (
         "." if used == "final_loss" else f"; `best {used}` is the best evaluation during training."
     )
-    notes = [ranking, *([fallback] if fallback else [])]
+    notes = [ranking, *([fallback] if fallback else []), VERDICTS]
     if len(bases) > 1:
         notes.append(
             f"Runs differ in feature net or sample count ({'; '.join(bases)}): their figures are not comparable, "
@@ -75,13 +79,13 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         )
     header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"
     columns, recipe_columns = columns_for(LEADERBOARD, used), columns_for(RECIPES, used)
-    write_table(board, [*columns, "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
+    write_table(board, [*columns, "n_fake", "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
     (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + by_size(board, columns, "runs"))
     write_table(table, recipe_columns, folder / "recipes.csv")
     title = "# Recipes (runs that differ only by seed, averaged)\n\n"
     (folder / "recipes.md").write_text(title + header + by_size(table, recipe_columns, "recipes"))
-    write_experiments(best, used, name, sources, folder / "experiments")
-    (folder / "best.md").write_text(best_markdown(best, used, notes, len(bases) > 1))
+    write_experiments(best, used, sources, folder / "conf" / "experiment")
+    (folder / "best.md").write_text(best_markdown(best, table, used, notes[:-1], len(bases) > 1))
     plot_pareto(board, used, compute, folder / "pareto.png")
     plot_losses(board, folder / "losses.png")
     plot_samples(board, used, folder / "samples.png")
@@ -89,7 +93,8 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     failed = [r for r in board if r["status"] == "failed"]
     running = [r for r in board if r["status"] == "running"]
     for b in best:
-        b["experiment config"] = f"[{b['experiment']}](experiments/{b['experiment']}.yaml)" if b["experiment"] else ""
+        path = f"conf/experiment/{b['experiment']}.yaml"
+        b["experiment config"] = f"[{b['experiment']}]({path})" if b["experiment"] else ""
     text = REPORT.format(
         count=len(board),
         finished=len(board) - len(failed) - len(running),
@@ -99,10 +104,12 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         date=f"{datetime.now():%Y-%m-%d %H:%M}",
         notes=header,
         best=markdown(
-            best, ["size", "recipe", f"{used} mean", f"{used} std", "seeds", "images_seen", "experiment config"]
+            best,
+            ["size", "recipe", "verdict", f"{used} mean", f"{used} 95% CI", "seeds", "samples", "experiment config"],
         ),
         experiments="\n".join(
-            f"- [experiments/{p.name}](experiments/{p.name})" for p in sorted(folder.glob("experiments/*.yaml"))
+            f"- [conf/experiment/{p.name}](conf/experiment/{p.name})"
+            for p in sorted(folder.glob("conf/experiment/*.yaml"))
         ),
         compute=compute,
         failed_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`): {r['reason']}" for r in failed)
@@ -152,8 +159,9 @@ def run(cfg: DictConfig) -> Path:
         raise
     print(f"leaderboard: {final / 'leaderboard.md'}")
     for b in best:
-        experiment = f" -> {final / 'experiments' / b['experiment']}.yaml" if b["experiment"] else ""
-        print(f"best {b['size']}: {b['recipe']} (mean {spread(b)}, {b['seeds']} seed(s)){experiment}")
+        print(f"best {b['size']}: {b['recipe']}: {spread(b)}, {b['verdict']}")
+        if b["experiment"]:
+            print(f"  train it: diffexp-train --config-dir {final.resolve() / 'conf'} experiment={b['experiment']}")
     return final
 
 

@@ -11,7 +11,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -184,7 +183,7 @@ def test_report_links_everything_lists_failures_and_draws_valid_plots(made):
     text = (folder / "report.md").read_text()
     for name in ("leaderboard.md", "leaderboard.csv", "recipes.md", "best.md", "pareto.png", "losses.png"):
         assert f"({name})" in text
-    assert "(samples.png)" in text and "(experiments/best_tiny.yaml)" in text
+    assert "(samples.png)" in text and "(conf/experiment/best_tiny.yaml)" in text
     assert "## Failed runs" in text and "the learning rate must be > 0" in text
     assert "size-lr/5" in text.split("## Still running")[1]
     for name in ("pareto.png", "losses.png", "samples.png"):
@@ -199,16 +198,11 @@ def test_best_recipe_experiment_composes_back_into_the_best_run(sweeps, made, tm
     folder, _ = made
     best = [r for r in rows(folder / "recipes.csv") if r["size"] == "small"][0]
     run_dir = Path({r["run"]: r["path"] for r in rows(folder / "leaderboard.csv")}[best["runs"].split()[0]])
-    text = (folder / "experiments" / "best_small.yaml").read_text()
+    text = (folder / "conf" / "experiment" / "best_small.yaml").read_text()
     assert text.startswith("# @package _global_\n") and "- override /model: small" in text
     assert "# Best small recipe by mean fid" in text and "size-lr" in text
-    name = f"test_compare_{uuid.uuid4().hex[:8]}"
-    target = REPO / "conf" / "experiment" / f"{name}.yaml"
-    try:
-        shutil.copyfile(folder / "experiments" / "best_small.yaml", target)
-        out = cli("train", f"experiment={name}", "--cfg", "job", cwd=tmp_path, timeout=120)
-    finally:
-        target.unlink(missing_ok=True)
+    # The report's conf/ is a config dir: nothing is copied into the package.
+    out = cli("train", "--config-dir", str(folder / "conf"), "experiment=best_small", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     composed = OmegaConf.to_container(OmegaConf.create(out.stdout), resolve=False)
     saved = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
@@ -217,6 +211,88 @@ def test_best_recipe_experiment_composes_back_into_the_best_run(sweeps, made, tm
     assert {k: v for k, v in composed.items() if k not in NOT_RECIPE} == {
         k: v for k, v in saved.items() if k not in NOT_RECIPE
     }
+
+
+def test_a_sweep_report_and_its_experiment_close_the_loop(tmp_path):
+    """A real `-m sweeps=size_lr` sweep (one job), its report, then training the report's best recipe through
+    `--config-dir`: the new run's saved config equals the sweep job's on every recipe key."""
+    tiny = [o for o in TINY if not o.startswith("trainer.max_steps")]
+    sweep = cli(
+        "train", "-m", "sweeps=size_lr", *tiny, "logger=csv", "model=tiny", "optim.optimizer.lr=1e-3",
+        "budget.images=48", "seed=3", cwd=tmp_path,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    job = tmp_path / "multirun" / "size_lr" / "0"
+    assert metrics(job)["status"] == "finished"
+    report_out = cli("compare", "sweep=multirun/size_lr", cwd=tmp_path)
+    assert report_out.returncode == 0, report_out.stderr[-3000:]
+    conf = tmp_path / "multirun" / "size_lr" / "report" / "conf"
+    command = f"diffexp-train --config-dir {conf} experiment=best_tiny"
+    assert command in report_out.stdout
+    experiment = OmegaConf.to_container(OmegaConf.load(conf / "experiment" / "best_tiny.yaml"))
+    assert not {"sweep_name", "logger", "seed", "threads", "hydra"} & set(experiment)
+    assert {"override /model": "tiny"} in experiment["defaults"] and experiment["budget"] == {"images": 48}
+    assert not any("sweeps" in str(entry) for entry in experiment["defaults"])
+    trained = cli("train", "--config-dir", str(conf), "experiment=best_tiny", "logger=csv", "threads=1", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (new,) = (tmp_path / "outputs").glob("*/*")
+    assert metrics(new)["status"] == "finished" and metrics(new)["steps"] == metrics(job)["steps"] == 3
+    skip = {"seed", "threads", "resume", "logger", "sweep_name", "tag", "hydra"}
+    a, b = (OmegaConf.to_container(OmegaConf.load(f / ".hydra" / "config.yaml")) for f in (job, new))
+    assert a["seed"] == 3 and b["seed"] == 0
+    assert {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def test_a_name_the_package_ships_is_refused_and_the_default_cannot_collide(sweeps, tmp_path):
+    shipped = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
+    assert not any(s.startswith("best_") for s in shipped)  # the default name=best cannot meet a shipped one
+    assert "digits_best_tiny" in shipped
+    out = tmp_path / "r"
+    shipped_name = r"^name=digits_best: diffexp already ships experiment digits_best_(tiny|small)"
+    with pytest.raises(ConfigError, match=shipped_name):
+        compare(compose_app("compare", [f"sweep={sweeps[0]}", f"out={out}", "name=digits_best"]))
+    assert not out.exists() and not list(tmp_path.glob(".r.*"))
+
+
+def crafted(folder: Path, lr: float, seed: int, fid: float) -> Path:
+    """A finished run folder written by hand: its recipe (the lr), seed and FID, as diffexp-train records them."""
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "optim": {"optimizer": {"lr": lr}}, "schedule": {"prediction_type": "epsilon"}}
+    OmegaConf.save(config, folder / ".hydra" / "config.yaml")
+    OmegaConf.save([f"optim.optimizer.lr={lr}", f"seed={seed}"], folder / ".hydra" / "overrides.yaml")
+    figures = {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "n_seeds": 5, "n_fake": 256, "n_real": 360,
+               "feature_net": "digits", "reference": "heldout"}  # fmt: skip
+    record = {"status": "finished", "recipe": {"model": "tiny"}, "eval": figures, "final_loss": 0.1, "parameters": 1}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_a_recipe_is_better_only_where_the_welch_interval_excludes_zero(tmp_path):
+    # a: 5.0 +- 0.1 over 3 seeds; b: a clear loser (8.0); c: 5.3 but noisy (4.0-6.6): a tie with a.
+    fids = {"1e-3": [4.9, 5.0, 5.1], "2e-3": [7.9, 8.0, 8.1], "3e-3": [4.0, 5.3, 6.6], "4e-3": [5.6]}
+    runs = [crafted(tmp_path / "s" / f"{lr}-{k}", float(lr), k, f) for lr, v in fids.items() for k, f in enumerate(v)]
+    out = compare(compose_app("compare", [f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'r'}"]))
+    table = {r["recipe"]: r for r in rows(out / "recipes.csv")}
+    assert table["optim.optimizer.lr=0.001"]["verdict"] == "best (tied)"
+    assert table["optim.optimizer.lr=0.002"]["verdict"] == "worse"
+    assert table["optim.optimizer.lr=0.003"]["verdict"] == "tie"
+    assert table["optim.optimizer.lr=0.004"]["verdict"] == "untested (1 seed)"
+    # 8.0 - 5.0 = 3.0, se = sqrt(2 * 0.01 / 3), t(2) = 4.303: the interval is 3.0 +- 0.351
+    assert table["optim.optimizer.lr=0.002"]["vs best"] == "+3 [+2.65, +3.35]"
+    assert table["optim.optimizer.lr=0.001"]["fid 95% CI"] == "[4.752, 5.248]"  # 5.0 +- 4.303 * 0.1 / sqrt(3)
+    assert table["optim.optimizer.lr=0.001"]["samples"] == "5×256"
+    best = (out / "best.md").read_text()
+    assert "verdict: best (tied); worse: 1 of 3" in best and "ties with: `optim.optimizer.lr=0.003`" in best
+    assert "5×256 samples" in best and "t = 4.30 at 3 seeds" in best
+    board = {r["run"]: r for r in rows(out / "leaderboard.csv")}
+    assert board["s/1e-3-0"]["fid 95% CI"] == "[4.4, 5.4]" and board["s/1e-3-0"]["samples"] == "5×256"
+
+
+def test_two_clear_seeds_each_make_a_best_without_ties(tmp_path):
+    runs = [crafted(tmp_path / f"{lr}-{k}", lr, k, f) for lr, v in {1e-3: [5.0, 5.2], 2e-3: [9.0, 9.1]}.items()
+            for k, f in enumerate(v)]  # fmt: skip
+    out = compare(compose_app("compare", [f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'r'}"]))
+    assert [r["verdict"] for r in rows(out / "recipes.csv")] == ["best", "worse"]
 
 
 def test_a_second_report_never_overwrites_the_first(sweeps, made):
@@ -264,7 +340,8 @@ def test_figures_from_different_sample_counts_are_ranked_apart(sweeps, tmp_path)
     board = rows(out / "leaderboard.csv")
     assert [r["rank"] for r in board] == ["1", "1"] and {r["n_fake"] for r in board} == {"64", "128"}
     assert "Runs differ in feature net or sample count" in (out / "leaderboard.md").read_text()
-    assert sorted(p.name for p in (out / "experiments").glob("*.yaml")) == ["best_tiny_1.yaml", "best_tiny_2.yaml"]
+    written = sorted(p.name for p in (out / "conf" / "experiment").glob("*.yaml"))
+    assert written == ["best_tiny_1.yaml", "best_tiny_2.yaml"]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,8 @@ def readme_commands(*docs: str) -> list[str]:
     text = "\n".join((REPO / doc).read_text() for doc in ("README.md", *docs))
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if line.startswith("diffexp-")]
+    # `--config-dir REPORT/conf` needs a report: test_compare's close-the-loop test runs that line's command itself.
+    return [line for line in lines if line.startswith("diffexp-") and "--config-dir" not in line]
 
 
 def test_readme_shows_every_command():

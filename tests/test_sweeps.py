@@ -159,4 +159,4 @@ def test_two_by_two_grid_in_parallel_gives_four_wandb_runs_and_a_report(tmp_path
         best = min(j["objective"] for j in mine)
         first = next(r for r in rows if r["size"] == size)
         assert abs(float(first["fid"]) - best) < 1e-6
-        assert (report / "experiments" / f"best_{size}.yaml").exists()
+        assert (report / "conf" / "experiment" / f"best_{size}.yaml").exists()

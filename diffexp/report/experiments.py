@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from diffexp.config import CONF_DIR
+from diffexp.errors import ConfigError
 from diffexp.report.ranking import spread
 from diffexp.report.runs import NOT_RECIPE, NOT_RECIPE_GROUPS
 
@@ -42,7 +43,7 @@ def compose_train(choices: dict[str, str]) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = [f"{g}={c}" for g, c in choices.items() if g not in ("experiment", "sweep") and c is not None]
+    overrides = [f"{g}={c}" for g, c in choices.items() if g not in NOT_RECIPE_GROUPS and c is not None]
     if GlobalHydra.instance().is_initialized():  # inside diffexp-compare's own Hydra app (same conf/)
         cfg = compose(config_name="train", overrides=overrides)
     else:
@@ -64,17 +65,39 @@ def experiment_yaml(run: dict, defaults: dict[str, str], base: dict, comment: li
     return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create({"defaults": entries, **body}))
 
 
-def write_experiments(best: list[dict], used: str, name: str, sources: list[str], folder: Path) -> None:
-    """`experiments/<name>_<size>.yaml` for each best recipe; sets each one's `experiment` (None where it failed)."""
-    folder.mkdir()
-    defaults, sizes = train_defaults(), [b["size"] for b in best]
+def shipped_experiments() -> set[str]:
+    """The experiments in the package's conf/: Hydra searches them before any `--config-dir`."""
+    return {p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")}
+
+
+def name_experiments(best: list[dict], name: str) -> None:
+    """Sets each best recipe's `experiment` to `<name>_<size>` (`_2`, ... where a size has several bases).
+
+    A name the package already ships would make `diffexp-train --config-dir REPORT/conf experiment=NAME` silently
+    train the shipped recipe, so it is refused before anything is written.
+    """
+    sizes = [b["size"] for b in best]
     for k, b in enumerate(best):
         suffix = f"_{sizes[:k].count(b['size']) + 1}" if sizes.count(b["size"]) > 1 else ""
         b["experiment"] = f"{name}_{b['size']}{suffix}"
+    taken = sorted({b["experiment"] for b in best} & shipped_experiments())
+    if taken:
+        raise ConfigError(
+            f"name={name}: diffexp already ships experiment {taken[0]} (conf/experiment/{taken[0]}.yaml), which "
+            f"--config-dir cannot override; choose another name= (e.g. name=report_{name})"
+        )
+
+
+def write_experiments(best: list[dict], used: str, sources: list[str], folder: Path) -> None:
+    """`<folder>/<experiment>.yaml` for each best recipe named by `name_experiments` (None where it cannot be
+    composed any more); the report's `conf/` is then a config dir: `diffexp-train --config-dir REPORT/conf`."""
+    folder.mkdir(parents=True)
+    defaults = train_defaults()
+    for b in best:
         comment = [
-            f"Best {b['size']} recipe by mean {used} ({b['basis']}): {spread(b)} over {b['seeds']} seed(s),",
+            f"Best {b['size']} recipe by mean {used} ({b['basis']}): {spread(b)}; verdict: {b['verdict']};",
             f"runs {b['runs']}, from {', '.join(sources)}; written by diffexp-compare {datetime.now():%Y-%m-%d %H:%M}.",
-            f"Copy into conf/experiment/ and train with `diffexp-train experiment={b['experiment']}`.",
+            f"Train it: diffexp-train --config-dir <this report>/conf experiment={b['experiment']}",
         ]
         try:
             base = compose_train(b["members"][0]["choices"])

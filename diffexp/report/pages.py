@@ -5,15 +5,19 @@ from __future__ import annotations
 from diffexp.report.ranking import spread
 from diffexp.tables import cell, markdown
 
-LEADERBOARD = ["rank", "size", "run", "status", "recipe", "seed", "{m}", "best {m}", "final_loss", "images_seen",
-               "train_seconds", "parameters", "feature_net", "n_real", "n_fake", "reason"]  # fmt: skip
-RECIPES = ["size", "recipe", "seeds", "seed_list", "{m} mean", "{m} std", "final_loss", "images_seen",
-           "train_seconds", "parameters", "basis", "runs"]  # fmt: skip
+# "{m} 95% CI" of a run: over its sampling seeds; of a recipe: over its training seeds. "samples": sampling seeds x
+# samples per seed behind each run's figure.
+LEADERBOARD = ["rank", "size", "run", "status", "recipe", "seed", "{m}", "{m} 95% CI", "samples", "best {m}",
+               "memorised", "final_loss", "images_seen", "train_seconds", "parameters", "feature_net", "n_real",
+               "reason"]  # fmt: skip
+RECIPES = ["size", "recipe", "verdict", "{m} mean", "{m} 95% CI", "vs best", "seeds", "seed_list", "samples",
+           "{m} std", "final_loss", "images_seen", "train_seconds", "parameters", "basis", "runs"]  # fmt: skip
 
 
 def columns_for(template: list[str], metric: str) -> list[str]:
     """The table's columns named after the metric (ranking by final_loss needs no second loss column)."""
-    columns = [c.format(m=metric) for c in template if not (metric == "final_loss" and c == "best {m}")]
+    per_run_only = ("best {m}", "{m} 95% CI", "samples") if template is LEADERBOARD else ("samples",)
+    columns = [c.format(m=metric) for c in template if not (metric == "final_loss" and c in per_run_only)]
     return list(dict.fromkeys(columns))
 
 
@@ -66,19 +70,36 @@ Details, and how to train them again: [best.md](best.md).
 """
 
 
-def best_markdown(best: list[dict], used: str, notes: list[str], several_bases: bool) -> str:
-    lines = ["# Best recipe per model size", "", *notes, ""]
+VERDICTS = (
+    "A recipe is called worse than its size's best only where Welch's 95% interval of the difference of their means "
+    "over training seeds excludes 0 (degrees of freedom min(n1, n2) - 1: t = 4.30 at 3 seeds a side); otherwise it "
+    "is a tie. One seed gives no interval, so no verdict."
+)
+
+
+def best_markdown(best: list[dict], rows: list[dict], used: str, notes: list[str], several_bases: bool) -> str:
+    """best.md: each size's best recipe with its interval, what it beats and ties with, and how to train it."""
+    lines = ["# Best recipe per model size", "", *notes, "", VERDICTS, ""]
     for b in best:
+        rivals = [r for r in rows if r is not b and (r["size"], r["basis"]) == (b["size"], b["basis"])]
+        ties = [f"`{r['recipe']}` ({r['vs best']})" for r in rivals if r["verdict"] == "tie"]
         lines += [
             f"## {b['size']}" + (f" ({b['basis']})" if several_bases else ""),
             "",
             f"- recipe: `{b['recipe']}`",
-            f"- {used}: {spread(b)} (mean over {b['seeds']} seed(s): {b['seed_list']}; runs {b['runs']})",
+            f"- {used}: {spread(b)}; seeds {b['seed_list']}; runs {b['runs']}",
+            *([f"- behind each seed's figure: {b['samples']} samples (sampling seeds x per seed); {b['basis']}"]
+              if b["samples"] else []),
+            f"- verdict: {b['verdict']}"
+            + (f"; worse: {sum(r['verdict'] == 'worse' for r in rivals)} of {len(rivals)}" if rivals else ""),
+            *([f"- ties with: {'; '.join(ties)}"] if ties else []),
             f"- compute: {cell(b['images_seen'])} images seen, {cell(b['train_seconds'])} s, "
             f"{cell(b['parameters'])} parameters",
         ]
         if b["experiment"]:
-            path = f"experiments/{b['experiment']}.yaml"
-            lines.append(f"- [{path}]({path}): copy it into conf/experiment/, then `diffexp-train experiment=NAME`")
+            lines.append(
+                f"- [conf/experiment/{b['experiment']}.yaml](conf/experiment/{b['experiment']}.yaml): train it with "
+                f"`diffexp-train --config-dir <this report>/conf experiment={b['experiment']}`"
+            )
         lines.append("")
     return "\n".join(lines if best else [*lines, "No finished run has a figure to rank by.", ""])

@@ -6,6 +6,7 @@ import math
 import statistics
 
 from diffexp.report.runs import NOT_RECIPE, natural_key
+from diffexp.stats import mean_interval, welch
 
 HIGHER_IS_BETTER = {
     "fid": False,
@@ -39,14 +40,18 @@ def score(run: dict, metric: str) -> dict:
         value = ev.get(metric)
         history = [h[metric] for h in run["eval_history"] if h.get(metric) is not None]
         best = (max if higher else min)(history) if history else None
-        basis = f"{ev.get('feature_net')}, {ev.get('n_real')} real / {ev.get('n_fake')} fake"
+        reference = "held-out" if ev.get("reference") == "heldout" else "training"
+        basis = f"{ev.get('feature_net')}, {ev.get('n_real')} {reference} real / {ev.get('n_fake')} fake"
     ranked = run["status"] == "finished" and isinstance(value, int | float) and math.isfinite(value)
     ev = run["eval"]
+    ci = ev.get(f"{metric}_ci") if metric != "final_loss" else None
     return run | {
         "value": value,
         "best": best,
         "basis": basis if ranked else None,
-        **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake")},
+        "ci": f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else None,
+        "samples": f"{ev.get('n_seeds') or 1}×{ev['n_fake']}" if ev.get("n_fake") else None,
+        **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake", "memorised")},
     }
 
 
@@ -99,8 +104,8 @@ def _mean(values: list) -> float | None:
 
 
 def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
-    """Runs that differ only by seed are one recipe: its mean and standard deviation over seeds, best first per
-    model size and basis. Decisions use the mean."""
+    """Runs that differ only by seed are one recipe: its mean over seeds with a 95% interval, best mean first per
+    model size and basis; `judge` then says which differences are more than noise."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["basis"]:
@@ -108,14 +113,18 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
     rows = []
     for (size, basis, _), members in groups.items():
         values = [m["value"] for m in members]
+        interval = mean_interval(values)
         rows.append(
             {
                 "size": size,
                 "recipe": members[0]["recipe"],
                 "seeds": len(members),
                 "seed_list": " ".join(str(m["seed"]) for m in members),
+                "values": values,
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else None,
+                "ci": f"[{interval[1]:.4g}, {interval[2]:.4g}]" if interval else None,
+                "samples": " ".join(sorted({m["samples"] for m in members if m.get("samples")})) or None,
                 "final_loss": _mean([m["final_loss"] for m in members]),
                 "images_seen": _mean([m["images_seen"] for m in members]),
                 "train_seconds": _mean([m["train_seconds"] for m in members]),
@@ -127,6 +136,33 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
         )
     sizes = size_order(runs)
     rows.sort(key=lambda r: (sizes.index(r["size"]), r["basis"], -r["mean"] if higher_is_better else r["mean"]))
+    return rows
+
+
+def judge(rows: list[dict]) -> list[dict]:
+    """Adds `verdict` to each recipe row (in `recipes`' order) against the leader (best mean) of its size and basis.
+
+    A recipe is `worse` only where Welch's 95% interval of its difference to the leader excludes 0, else `tie`; with
+    one seed on either side there is no interval (`untested`). The leader is `best` when every other recipe is
+    worse, `best (tied)` when some tie. `vs best` holds the difference and its interval.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["size"], r["basis"]), []).append(r)
+    for leader, *others in groups.values():
+        for r in others:
+            d = welch(r["values"], leader["values"])
+            r["vs best"] = str(d)
+            r["verdict"] = "untested (1 seed)" if d.lo is None else "tie" if d.tie else "worse"
+        verdicts = {r["verdict"] for r in others}
+        if not others:
+            leader["verdict"] = "only recipe"
+        elif "tie" in verdicts:
+            leader["verdict"] = "best (tied)"
+        elif "untested (1 seed)" in verdicts:
+            leader["verdict"] = "best by mean, untested (1 seed)"
+        else:
+            leader["verdict"] = "best"
     return rows
 
 
@@ -153,5 +189,5 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 
 def spread(b: dict) -> str:
-    """A recipe's mean, with its standard deviation over seeds where it has several."""
-    return f"{b['mean']:.4g}" + (f" ± {b['std']:.4g}" if b["std"] is not None else "")
+    """A recipe's mean, with its 95% interval over seeds where it has several."""
+    return f"{b['mean']:.4g}" + (f" {b['ci']} (95%, {b['seeds']} seeds)" if b.get("ci") else " (1 seed)")
