@@ -86,7 +86,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     (folder / "recipes.md").write_text(title + header + by_size(table, recipe_columns, "recipes"))
     write_experiments(best, used, sources, folder / "conf" / "experiment")
     (folder / "best.md").write_text(best_markdown(best, table, used, notes[:-1], len(bases) > 1))
-    plot_pareto(board, used, compute, folder / "pareto.png")
+    plot_pareto(table, used, compute, folder / "pareto.png")
     plot_losses(board, folder / "losses.png")
     plot_samples(board, used, folder / "samples.png")
 

@@ -25,23 +25,45 @@ def _colours(sizes: list[str]) -> dict[str, Any]:
     return {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sizes)}
 
 
-def plot_pareto(runs: list[dict], metric: str, compute: str, path: Path) -> None:
-    """The metric against training compute, one colour per model size, the Pareto front of each basis drawn."""
+def plot_pareto(rows: list[dict], metric: str, compute: str, path: Path) -> None:
+    """Each recipe's mean figure against its training compute, with its 95% interval, one colour per model size
+    and the Pareto front of each basis.
+
+    A fixed-budget sweep gives every recipe the same images seen, which would stack all points in one column:
+    then training time is the x axis instead (the title says so).
+    """
     import matplotlib.pyplot as plt
 
     higher = HIGHER_IS_BETTER[metric]
-    scored = [r for r in runs if r["basis"] and isinstance(r.get(compute), int | float)]
-    colours = _colours(size_order(runs))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    scored = [r for r in rows if isinstance(r.get(compute), int | float)]
+    xs = [r[compute] for r in scored]
+    if compute == "images_seen" and xs and max(xs) <= 1.01 * min(xs):
+        compute, note = "train_seconds", f" (all at {min(xs):.4g} images seen: against training time)"
+        scored = [r for r in scored if isinstance(r.get(compute), int | float)]
+    else:
+        note = ""
+    colours = _colours(size_order(rows))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for size in dict.fromkeys(r["size"] for r in scored):
         mine = [r for r in scored if r["size"] == size]
-        ax.scatter([r[compute] for r in mine], [r["value"] for r in mine], color=colours[size], label=size, zorder=3)
+        low = [r["mean"] - r["interval"][0] if r["interval"] else 0 for r in mine]
+        high = [r["interval"][1] - r["mean"] if r["interval"] else 0 for r in mine]
+        ax.errorbar(
+            [r[compute] for r in mine],
+            [r["mean"] for r in mine],
+            yerr=[low, high],
+            fmt="o",
+            color=colours[size],
+            capsize=3,
+            label=size,
+            zorder=3,
+        )
     for k, basis in enumerate(dict.fromkeys(r["basis"] for r in scored)):
         group = [r for r in scored if r["basis"] == basis]
-        front = [group[i] for i in pareto_front([(r[compute], r["value"]) for r in group], higher)]
+        front = [group[i] for i in pareto_front([(r[compute], r["mean"]) for r in group], higher)]
         ax.plot(
             [r[compute] for r in front],
-            [r["value"] for r in front],
+            [r["mean"] for r in front],
             "k--" if k == 0 else "k:",
             lw=1,
             drawstyle="steps-post",
@@ -49,15 +71,17 @@ def plot_pareto(runs: list[dict], metric: str, compute: str, path: Path) -> None
             zorder=2,
         )
         for r in front:
-            ax.annotate(r["name"], (r[compute], r["value"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    xs, ys = [r[compute] for r in scored], [r["value"] for r in scored]
+            label = textwrap.shorten(r["recipe"], 40, placeholder="…")
+            ax.annotate(label, (r[compute], r["mean"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
+    xs, ys = [r[compute] for r in scored], [r["mean"] for r in scored]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     if ys and min(ys) > 0 and max(ys) / min(ys) >= 10:  # one diverged run would flatten the rest
         ax.set_yscale("log")
-    ax.set_xlabel(compute.replace("_", " "))
-    ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
-    ax.set_title(f"{metric} against training compute" + ("" if scored else " (no scored runs)"))
+    ax.set_xlabel(compute.replace("_", " ") + (" (mean over seeds)" if compute == "train_seconds" else ""))
+    ax.set_ylabel(f"{metric}, mean and 95% interval ({'higher' if higher else 'lower'} is better)")
+    title = f"{metric} of each recipe against training compute" + note
+    ax.set_title(title + ("" if scored else " (no scored runs)"), fontsize=9)
     if scored:
         ax.legend(fontsize=7)
     _save(fig, path)
@@ -69,25 +93,31 @@ def loss_curve(path: str) -> tuple[list[int], list[float]]:
 
 
 def plot_losses(runs: list[dict], path: Path) -> None:
-    """Every run's training loss curve, coloured by model size (log scale when losses span a decade or more)."""
+    """Every run's training loss curve, one colour per recipe (its seeds share it), one line style per model size;
+    log scale when losses span a decade or more."""
     import matplotlib.pyplot as plt
 
-    colours = _colours(size_order(runs))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    with_losses = [r for r in runs if r["losses"]]
+    recipes = list(dict.fromkeys((r["size"], r["recipe"]) for r in with_losses))
+    cmap = plt.get_cmap("tab20" if len(recipes) > 10 else "tab10")
+    colour = {key: cmap(i % cmap.N) for i, key in enumerate(recipes)}
+    styles = dict(zip(size_order(runs), ["-", "--", ":", "-."] * 4, strict=False))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled, seen = set(), []
-    for r in (r for r in runs if r["losses"]):
+    for r in with_losses:
         steps, values = loss_curve(r["losses"])
-        label = None if r["size"] in labelled else r["size"]
-        ax.plot(steps, values, color=colours[r["size"]], alpha=0.7, lw=1, label=label)
-        labelled.add(r["size"])
+        key = (r["size"], r["recipe"])
+        label = None if key in labelled else textwrap.shorten(f"{r['size']}: {r['recipe']}", 60, placeholder="…")
+        ax.plot(steps, values, color=colour[key], ls=styles[r["size"]], alpha=0.8, lw=1, label=label)
+        labelled.add(key)
         seen += [v for v in values if math.isfinite(v) and v > 0]
     if labelled:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=1 if len(labelled) <= 10 else 2)
     if seen and max(seen) / min(seen) >= 10:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title("training loss of every run" + ("" if labelled else " (no losses.csv found)"))
+    ax.set_title("training loss of every run (a colour per recipe)" + ("" if labelled else " (no losses.csv found)"))
     _save(fig, path)
 
 

@@ -50,6 +50,7 @@ def score(run: dict, metric: str) -> dict:
         "best": best,
         "basis": basis if ranked else None,
         "ci": f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else None,
+        "interval": tuple(ci) if ci else None,
         "samples": f"{ev.get('n_seeds') or 1}×{ev['n_fake']}" if ev.get("n_fake") else None,
         **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake", "memorised")},
     }
@@ -124,6 +125,8 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else None,
                 "ci": f"[{interval[1]:.4g}, {interval[2]:.4g}]" if interval else None,
+                # where one seed gives no interval over seeds, its run's interval over sampling seeds, if any
+                "interval": interval[1:] if interval else members[0]["interval"] if len(members) == 1 else None,
                 "samples": " ".join(sorted({m["samples"] for m in members if m.get("samples")})) or None,
                 "final_loss": _mean([m["final_loss"] for m in members]),
                 "images_seen": _mean([m["images_seen"] for m in members]),
