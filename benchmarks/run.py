@@ -120,7 +120,7 @@ def paired_steps(recipe, steps, images, warmup=3, fused=True) -> tuple[list[floa
         build_unet(resolution, channels, widths, attention, layers, norm_num_groups=groups(widths)),
         ddpm_scheduler("squaredcos_cap_v2"),
         lambda p: torch.optim.AdamW(p, lr=4e-4, fused=fused),
-        ema_decay=0.999,
+        ema=instantiate(cfg.ema),
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -128,6 +128,7 @@ def paired_steps(recipe, steps, images, warmup=3, fused=True) -> tuple[list[floa
         trainer = instantiate(
             cfg.trainer,
             max_steps=warmup + steps + 1,
+            gradient_clip_val=cfg.optim.grad_clip,
             logger=pl.loggers.WandbLogger(save_dir=tmp, project="bench", offline=True),
             callbacks=[paired, *callbacks],
             default_root_dir=tmp,

@@ -29,15 +29,20 @@ class LossHistory(pl.Callback):
         self.rows: dict[int, tuple[float, float]] = {}
         self.bad_steps = 0
         self.failure: str | None = None
+        self.lr = float("nan")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume the checkpoint's step is known here: keep the rows before it, retrain the rest.
         self.rows.update({s: row for s, row in read_losses(self.path).items() if s < trainer.global_step})
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Read before the step: Lightning steps the LR scheduler before on_train_batch_end, whose lr is the next one.
+        self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
         step = trainer.global_step - 1  # the optimiser step just taken
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        lr = self.lr  # the learning rate that step used
         self.rows[step] = (loss, lr)
         for logger in trainer.loggers:
             logger.log_metrics({"train/loss": loss, "train/lr": lr}, step=step)

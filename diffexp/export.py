@@ -73,7 +73,7 @@ def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
             "lr": config.get("optim", {}).get("optimizer", {}).get("lr"),
             "batch_size": data.get("batch_size"),
             "steps": config.get("trainer", {}).get("max_steps"),
-            "ema_decay": config.get("ema", {}).get("decay"),
+            "ema_sigma_rel": (config.get("ema") or {}).get("sigma_rel"),
             "prediction_type": config.get("schedule", {}).get("prediction_type"),
             "beta_schedule": config.get("schedule", {}).get("beta_schedule"),
             "seed": config.get("seed"),

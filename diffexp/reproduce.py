@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import atomic_write_text, provenance, read_losses, read_metrics
+from diffexp.run_folder import atomic_write_text, check_current_keys, provenance, read_losses, read_metrics
 
 log = logging.getLogger("diffexp.reproduce")
 
@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> dict:
     saved = original / ".hydra" / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"run={cfg.run} has no .hydra/config.yaml: point run= at a diffexp-train run folder")
+    check_current_keys(OmegaConf.load(saved), f"run={cfg.run}")
     recorded = read_metrics(original)
     if recorded.get("status") != "finished":
         raise ConfigError(f"run={cfg.run} did not finish (status {recorded.get('status')}): resume it first")

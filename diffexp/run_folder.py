@@ -39,6 +39,23 @@ def check_own_folder(folder: Path, resuming: bool) -> None:
         )
 
 
+# Keys of runs saved before the EMA became `ema=power|none` (sigma_rel) and the warm-up a share of the run.
+OLD_KEYS = ("ema.decay", "ema.warmup", "ema.power", "optim.warmup_steps")
+
+
+def check_current_keys(recipe: Any, setting: str) -> None:
+    """Refuses a saved recipe with the old EMA/warm-up keys: today's code cannot continue or repeat it exactly."""
+    from omegaconf import OmegaConf
+
+    absent = object()
+    old = [k for k in OLD_KEYS if OmegaConf.select(recipe, k, default=absent) is not absent]
+    if old:
+        raise ConfigError(
+            f"{setting}: saved by an older diffexp whose EMA/warm-up keys changed ({', '.join(old)}; now ema=power "
+            f"with ema.sigma_rel, or ema=none, and optim.warmup as a share of the run): train it anew"
+        )
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

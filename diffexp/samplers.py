@@ -54,7 +54,10 @@ def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> 
     config.update(
         trained_betas=train_scheduler.betas.tolist(),
         beta_schedule="linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise
-        rescale_betas_zero_snr=False,  # the training betas are already rescaled where asked
+        # The training betas are already rescaled where asked; the flag also makes DPM-Solver++, UniPC and Euler
+        # set the last alphas_cumprod to 2**-24 instead of 0, whose log-SNR (-inf) makes their steps NaN. Rescaling
+        # rescaled betas again changes them by float rounding only (terminal sqrt(alpha_bar) is already 0).
+        rescale_betas_zero_snr=bool(train_scheduler.config.get("rescale_betas_zero_snr", False)),
         timestep_spacing="trailing",
         steps_offset=0,
     )

@@ -63,7 +63,7 @@ class Optimizer:
 @dataclass
 class Optim:
     optimizer: Optimizer
-    warmup_steps: int
+    warmup: float
     decay: str
     grad_clip: Optional[float]
 
@@ -92,9 +92,9 @@ class Eval:
 
 @dataclass
 class Ema:
-    decay: float
-    warmup: bool
-    power: float
+    _target_: str
+    _partial_: bool
+    sigma_rel: float
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Train:
     sweep_name: str
     tag: Optional[str]
     budget: Budget
-    ema: Ema
+    ema: Optional[Ema]  # None (or empty) with ema=none
     loss: Loss
     preview: Preview
     speed: Speed

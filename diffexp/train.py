@@ -25,10 +25,20 @@ from omegaconf import DictConfig, OmegaConf
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
 from diffexp.config import CONF_DIR, flatten, instantiate
-from diffexp.diffusion import DiffusionModule
+from diffexp.diffusion import DiffusionModule, check_lr_schedule
+from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
-from diffexp.run_folder import check_own_folder, holds_run, provenance, rank, read_metrics, update_metrics
+from diffexp.run_folder import (
+    atomic_write_text,
+    check_current_keys,
+    check_own_folder,
+    holds_run,
+    provenance,
+    rank,
+    read_metrics,
+    update_metrics,
+)
 from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
 from diffexp.schema import validate
@@ -64,10 +74,22 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(
             f"eval.monitor={cfg.eval.monitor}: the best checkpoint is chosen by one of {sorted(monitors)} (or null)"
         )
-    if not 0 <= cfg.ema.decay < 1:
-        raise ConfigError(f"ema.decay={cfg.ema.decay}: use 0 (off) or a value in (0, 1), e.g. 0.999")
+    check_lr_schedule(cfg.optim.warmup, cfg.optim.decay)
+    if "gradient_clip_val" in cfg.trainer:
+        raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
+    if cfg.ema and not cfg.ema.get("_target_"):  # e.g. ema=none +ema.sigma_rel=0.1
+        raise ConfigError(f"ema={dict(cfg.ema)}: not an EMA; choose an option of the group, ema=power or ema=none")
+    if cfg.ema and "sigma_rel" in cfg.ema:
+        check_sigma_rel(cfg.ema.sigma_rel)
     if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:
         raise ConfigError(f"loss.snr_gamma={cfg.loss.snr_gamma}: use a positive gamma (e.g. 5) or null")
+    if cfg.schedule.rescale_betas_zero_snr and cfg.schedule.prediction_type == "epsilon":
+        weighting = " and loss.snr_gamma's min(snr, gamma)/snr is 0/0 there" if cfg.loss.snr_gamma else ""
+        raise ConfigError(
+            "schedule.rescale_betas_zero_snr=true with schedule.prediction_type=epsilon: the last timestep has SNR "
+            f"0, where an epsilon model cannot recover the image{weighting} (NaN): "
+            "use schedule.prediction_type=v_prediction"
+        )
     if cfg.model.in_channels != cfg.data.channels:
         raise ConfigError(
             f"model.in_channels={cfg.model.in_channels} but data.channels={cfg.data.channels}: make them equal "
@@ -132,11 +154,9 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
         unet,
         scheduler,
         instantiate(cfg.optim.optimizer, **({"fused": True} if speed(cfg, "fused_adamw") else {})),
-        warmup_steps=cfg.optim.warmup_steps,
+        warmup=cfg.optim.warmup,
         lr_decay=cfg.optim.decay,
-        ema_decay=cfg.ema.decay,
-        ema_warmup=cfg.ema.warmup,
-        ema_power=cfg.ema.power,
+        ema=instantiate(cfg.ema) if cfg.ema else None,
         snr_gamma=cfg.loss.snr_gamma,
         channels_last=speed(cfg, "channels_last"),
         compile=cfg.speed.compile,
@@ -159,11 +179,17 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     losses = LossHistory(run_dir / "losses.csv")
     callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks, default_root_dir=run_dir)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=logger or False,
+        callbacks=callbacks,
+        default_root_dir=run_dir,
+        gradient_clip_val=cfg.optim.grad_clip,  # the optim group owns the whole optimisation
+    )
     if cfg.budget.images:  # a budget in images seen, so recipes with other batch sizes get the same compute
-        trainer.fit_loop.epoch_loop.max_steps = math.ceil(
-            cfg.budget.images / (cfg.data.batch_size * trainer.world_size)
-        )
+        steps = math.ceil(cfg.budget.images / (cfg.data.batch_size * trainer.world_size))
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        _record_steps(run_dir, config, steps)
     if logger:
         logger.log_hyperparams(flatten(config))
 
@@ -275,6 +301,9 @@ def _earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
             f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
             f"different sweep; give it a new name with tag=<new tag>"
         )
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        check_current_keys(OmegaConf.load(config), f"the sweep job {run_dir} (give the sweep a new tag=)")
     record = read_metrics(run_dir)
     if record.get("status") != "finished":
         log.info("resuming unfinished job %s", run_dir)
@@ -289,8 +318,22 @@ def _saved_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
     if not holds_run(run_dir) or not saved.exists():
         raise ConfigError(f"resume={cfg.resume} is not a diffexp run folder (no .hydra/config.yaml or checkpoints/)")
     old = OmegaConf.load(saved)
+    check_current_keys(old, f"resume={cfg.resume}")
     old.resume = cfg.resume
     return old
+
+
+def _record_steps(run_dir: Path, config: dict, steps: int) -> None:
+    """The steps a budget decided, in the config that checkpoints, W&B and the model card carry, and in the run's
+    saved `.hydra/config.yaml` (reproduction reads it, with its budget, and gets the same steps)."""
+    config["trainer"]["max_steps"] = steps
+    saved = run_dir / ".hydra" / "config.yaml"
+    if rank() != 0 or not saved.exists():
+        return
+    recipe = OmegaConf.load(saved)
+    if "budget" in recipe and "trainer" in recipe and recipe.trainer.max_steps != steps:  # a train recipe
+        recipe.trainer.max_steps = steps
+        atomic_write_text(saved, OmegaConf.to_yaml(recipe))
 
 
 def _new_id() -> str:

@@ -29,6 +29,7 @@ PROMISED = {
     "model": {"tiny", "small", "base", "large", "course"},
     "schedule": {"linear", "scaled_linear", "cosine", "sigmoid"},
     "optim": {"adamw"},
+    "ema": {"power", "none"},
     "sampler": {"ddpm", "ddim", "dpm_solver", "dpm_solver_sde", "euler", "unipc"},
     "eval": {"none"},
     "logger": {"wandb", "csv", "tensorboard", "none"},
@@ -105,6 +106,15 @@ def build_optim(cfg, tmp_path):
     assert optimizer.param_groups[0]["lr"] == cfg.optim.optimizer.lr > 0
 
 
+def build_ema(cfg, tmp_path):
+    from diffexp.ema import PowerEMA
+
+    if not cfg.ema:
+        return  # ema=none: samples and export use the trained weights
+    ema = instantiate(cfg.ema)(torch.nn.Linear(2, 2).parameters())
+    assert isinstance(ema, PowerEMA) and ema.sigma_rel == cfg.ema.sigma_rel
+
+
 def build_sampler(cfg, tmp_path):
     from diffexp.samplers import sampling_scheduler
 
@@ -166,6 +176,7 @@ BUILD = {
     "model": build_model,
     "schedule": build_schedule,
     "optim": build_optim,
+    "ema": build_ema,
     "sampler": build_sampler,
     "eval": build_eval,
     "logger": build_logger,

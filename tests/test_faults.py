@@ -22,7 +22,7 @@ def test_nan_loss_stops_within_a_few_steps_and_the_run_says_failed(tiny_cfg, tmp
             tiny_cfg(
                 "optim.optimizer.lr=1e6",
                 "optim.grad_clip=null",
-                "optim.warmup_steps=0",
+                "optim.warmup=0",
                 "trainer.max_steps=200",
                 "logger=wandb",
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -40,3 +41,52 @@ def test_reproduce_reports_the_size_of_a_difference(tiny_cfg, tmp_path):
     result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
     assert not result["matched"]
     assert abs(result["max_loss_difference"] - 0.25) < 1e-6 and result["max_weight_difference"] == 0.0
+
+
+def test_a_run_saved_with_the_old_ema_and_warmup_keys_refuses_reproduce_and_resume(tiny_cfg, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from conftest import TINY
+    from diffexp.config import CONF_DIR
+    from diffexp.errors import ConfigError
+
+    train(tiny_cfg("trainer.max_steps=2"))
+    folder = tmp_path / "run"
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")  # as an older diffexp saved it
+    saved.ema = {"decay": 0.999, "warmup": True, "power": 0.6667}
+    with open_dict(saved):
+        del saved.optim["warmup"]
+        saved.optim.warmup_steps = 100
+    OmegaConf.save(saved, folder / ".hydra" / "config.yaml")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    with pytest.raises(ConfigError) as refused:
+        reproduce(compose_train([f"run={folder}"], tmp_path / "again", name="reproduce"))
+    message = str(refused.value)
+    assert message.startswith(f"run={folder}: saved by an older diffexp") and "train it anew" in message
+    assert "ema.decay" in message and "optim.warmup_steps" in message and "\n" not in message
+    assert not (tmp_path / "again" / "checkpoints").exists()
+
+    # resume=DIR: Hydra runs the job in DIR itself, and leaves its .hydra/ as it is.
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, f"resume={folder}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(folder)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises(ConfigError, match=rf"^resume={folder}: saved by an older diffexp .*train it anew$"):
+        train(cfg)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_a_budget_run_reproduces_bit_for_bit(tiny_cfg, tmp_path):
+    train(tiny_cfg("budget.images=80", "trainer.max_steps=1500"))  # 5 steps of 16 images
+    original = tmp_path / "run"
+    assert OmegaConf.load(original / ".hydra" / "config.yaml").trainer.max_steps == 5
+    result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
+    assert result["matched"] and result["steps_compared"] == 5, result

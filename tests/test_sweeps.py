@@ -104,6 +104,11 @@ def test_optuna_sweep_runs_trials_and_gets_their_metric(tmp_path):
     assert result.best_value == min(j["objective"] for j in found.values())
     budget_steps = {j["steps"] * (j["images_seen"] // j["steps"]) for j in found.values()}
     assert budget_steps <= {64, 96, 128}  # the same images-seen budget, whatever the batch size
+    # The EMA search is conditional: a width only where EMA is on (diffexp.ema.search_space).
+    for job in found:
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(sweep / job / ".hydra" / "overrides.yaml"))
+        assert overrides["ema"] in ("none", "power") and "optim.warmup" in overrides
+        assert ("ema.sigma_rel" in overrides) == (overrides["ema"] == "power"), overrides
 
 
 @pytest.mark.slow

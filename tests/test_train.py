@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from diffusers import DDPMPipeline
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from diffexp.data import digits_images, to_model_range
-from diffexp.diffusion import EMA, DiffusionModule
+from diffexp.diffusion import DiffusionModule
 from diffexp.train import run
 from wandb_records import read_run
 
@@ -24,9 +26,8 @@ def test_loss_falls_on_one_repeated_batch(tiny_cfg):
         unet,
         instantiate(cfg.schedule),
         instantiate(cfg.optim.optimizer),
-        warmup_steps=0,
+        warmup=0,
         lr_decay="constant",
-        ema_decay=0,
     )
     batch = to_model_range(digits_images(8)[:16])
 
@@ -96,26 +97,8 @@ def test_run_folder_is_complete_and_pipeline_samples(tiny_cfg, tmp_path):
     assert "ema" in ckpt
 
 
-def test_ema_update_is_diffusers_ema_update():
-    from diffusers.training_utils import EMAModel
-
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
-    ours, theirs = (cls(params, decay=0.99, use_ema_warmup=True, power=2 / 3) for cls in (EMA, EMAModel))
-    for _ in range(20):
-        with torch.no_grad():
-            for p in params:
-                p.add_(torch.randn_like(p))
-        ours.step(params)
-        theirs.step(params)
-    assert ours.optimization_step == theirs.optimization_step == 20
-    for a, b in zip(ours.shadow_params, theirs.shadow_params, strict=True):
-        torch.testing.assert_close(a, b)
-    assert not torch.equal(ours.shadow_params[0], params[0])  # it averages, not copies
-
-
 def test_exported_weights_are_the_ema_weights(tiny_cfg, tmp_path):
-    run(tiny_cfg("ema.decay=0.5", "ema.warmup=false"))
+    run(tiny_cfg("ema.sigma_rel=0.25"))
     folder = tmp_path / "run"
     ckpt = torch.load(folder / "checkpoints/last.ckpt", weights_only=True)
     pipe = DDPMPipeline.from_pretrained(folder / "pipeline", use_safetensors=True)
@@ -190,3 +173,50 @@ def test_compiled_training_forward_gives_the_same_losses(tiny_cfg, tmp_path):
     run(tiny_cfg(run_dir=tmp_path / "eager"))
     run(tiny_cfg("speed.compile=true", run_dir=tmp_path / "compiled"))
     torch.testing.assert_close(_losses(tmp_path / "compiled"), _losses(tmp_path / "eager"), rtol=1e-3, atol=1e-5)
+
+
+def test_recorded_lr_is_the_one_each_step_used(tiny_cfg, tmp_path):
+    """losses.csv holds the lr of the step itself: 0 at step 0 and the peak at the end of warm-up (20 steps, 25%)."""
+    run(tiny_cfg("trainer.max_steps=20", "optim.warmup=0.25", "optim.decay=cosine"))
+    rows = [line.split(",") for line in (tmp_path / "run" / "losses.csv").read_text().splitlines()[1:]]
+    lrs = {int(step): float(lr) for step, _, lr in rows}
+    peak, warmup, total = 2e-3, 5, 20
+
+    def formula(t: int) -> float:  # linear warm-up from 0, then cosine to 0 at the end
+        if t < warmup:
+            return peak * t / warmup
+        return peak * 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+    assert lrs[0] == 0.0 and lrs[warmup] == peak
+    assert sorted(lrs) == list(range(total))
+    assert all(math.isclose(lrs[t], formula(t), rel_tol=1e-9, abs_tol=1e-15) for t in lrs), lrs
+
+
+def test_a_budget_writes_its_steps_into_the_saved_config_and_the_card(tiny_cfg, tmp_path):
+    run(tiny_cfg("budget.images=48"))  # 3 steps of 16 images, where trainer.max_steps says 4
+    folder = tmp_path / "run"
+    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    assert saved.trainer.max_steps == 3 and saved.budget.images == 48
+    assert json.loads((folder / "metrics.json").read_text())["steps"] == 3
+    assert "| `steps` | 3 |" in (folder / "pipeline" / "README.md").read_text()
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["diffexp_config"]["trainer"]["max_steps"] == 3
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
+def test_zero_snr_trains_and_every_sampler_samples_finite_images(prediction, tiny_cfg, tmp_path):
+    from pathlib import Path
+
+    from diffexp.config import CONF_DIR
+    from diffexp.run_folder import load_run
+    from diffexp.samplers import seeded_noise
+
+    # min-SNR weighting on (loss.snr_gamma=5): with v and x0 targets its weight is 0, not 0/0, at SNR 0.
+    run(tiny_cfg("schedule.rescale_betas_zero_snr=true", f"schedule.prediction_type={prediction}"))
+    loaded = load_run(tmp_path / "run")
+    assert loaded.scheduler.alphas_cumprod[-1] == 0  # the last timestep is pure noise
+    for path in sorted(Path(CONF_DIR, "sampler").glob("*.yaml")):
+        sampler = instantiate(OmegaConf.load(path))
+        noise, generator = seeded_noise(4, 1, 8, 0)
+        images = sampler(loaded.unet, loaded.scheduler, noise, generator, progress=False)
+        assert torch.isfinite(images).all(), sampler.name
