@@ -21,7 +21,7 @@ from torch import Tensor
 from diffexp.errors import ConfigError
 from diffexp.features import PIXEL_SPACE, pixel_space
 from diffexp.metrics import (
-    MEMORISED_RATE,
+    MEMORISED_FACTOR,
     fid,
     kid,
     memorisation_threshold,
@@ -141,7 +141,8 @@ class Reference:
             "memorised": float((dist < self.threshold).double().mean()),
             "memorised_heldout": self.memorised_heldout,
             "memorised_space": PIXEL_SPACE,
-            "memorised_rate": MEMORISED_RATE,
+            "memorised_threshold": self.threshold,
+            "memorised_factor": MEMORISED_FACTOR,
         }
         first = len(image_sets[0])
         return figures, (image_sets[0], dist[:first], index[:first])
