@@ -47,6 +47,7 @@ class Reference:
     cache: Path
     kid_subset_size: int = 100
     floors: dict = field(default_factory=dict)
+    train_pixels: Tensor | None = None  # the training images in the memorisation space
 
     @classmethod
     def build(
@@ -82,8 +83,8 @@ class Reference:
         name = f"{safe_key}-{chosen.shape[-1]}px-held{len(chosen)}-train{len(floor_train)}-{net.name}-"
         path = Path(cache_dir).expanduser() / f"{name}{str(net.checksum)[:12]}-{digest}.safetensors"
         real, train_feats = _cached_features(path, net, {"real": chosen, "train": floor_train}, key)
-        train_pixels = pixel_space(train, shifts=False).squeeze(1)
-        held_dist, _ = nearest(pixel_space(heldout), train_pixels)
+        train_pixels = pixel_space(train.cpu(), shifts=False).squeeze(1)
+        held_dist, _ = nearest(pixel_space(heldout.cpu()), train_pixels)
         threshold = memorisation_threshold(held_dist)
         return cls(
             real,
@@ -94,6 +95,7 @@ class Reference:
             net,
             path,
             kid_subset_size,
+            train_pixels=train_pixels,
         )
 
     def floor(self, n: int) -> dict:
@@ -115,7 +117,9 @@ class Reference:
 
     def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
         """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
-        return nearest(pixel_space(samples), pixel_space(self.train_images, shifts=False).squeeze(1))
+        if self.train_pixels is None:
+            self.train_pixels = pixel_space(self.train_images, shifts=False).squeeze(1)
+        return nearest(pixel_space(samples.cpu()), self.train_pixels)
 
     def score(self, image_sets: list[Tensor], seed: int = 0) -> tuple[dict, tuple[Tensor, Tensor, Tensor]]:
         """The record of samples from one or more sampling seeds (uint8 `[n, C, H, W]` each): metrics with their

@@ -207,9 +207,9 @@ def _mmd_resampled(k_ff: Tensor, k_rr: Tensor, k_fr: Tensor, w_f: Tensor, w_r: T
     return within(k_ff, w_f) + within(k_rr, w_r) - 2 * ((w_f @ k_fr) * w_r).sum(1) / (w_f.sum(1) * w_r.sum(1))
 
 
-def nearest(query: Tensor, ref: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+def nearest(query: Tensor, ref: Tensor, chunk: int = 32) -> tuple[Tensor, Tensor]:
     """For each query `[N, S, D]` (S variants of one item, e.g. shifts), the distance to its nearest `ref` row
-    `[M, D]` over all variants, and that row's index."""
+    `[M, D]` over all variants, and that row's index. `chunk` queries at a time bound memory at chunk x S x M."""
     query, ref = query.detach().to("cpu", torch.float64), ref.detach().to("cpu", torch.float64)
     dist, index = [], []
     for c in query.split(chunk):
