@@ -109,8 +109,9 @@ def paired_steps(recipe, steps, images, warmup=3, fused=True) -> tuple[list[floa
     resolution, channels, widths, attention, layers, batch = recipe
 
     class Random(ImageDataModule):
-        def load_images(self):
-            return torch.randint(0, 256, (images, channels, resolution, resolution), dtype=torch.uint8)
+        def load_split(self):  # every image trains: nothing is scored here
+            shape = (images, channels, resolution, resolution)
+            return torch.randint(0, 256, shape, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["eval=none"])

@@ -113,30 +113,30 @@ def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
 
 
 class Evaluate(pl.Callback):
-    """Scores the EMA model every `every_n_steps` (and at the last step) with the offline metrics.
+    """Scores the EMA model every `every_n_steps` (and at the last step) against the held-out images.
 
     Rank 0 samples `n_samples` images from fixed noise with a fast sampler and scores their features against
-    the cached reference set; the figures go to the logger as `eval/<metric>` (all ranks receive them, so a
+    `reference` (`diffexp.heldout.Reference`): one sampling seed in between, `seeds` of them at the last step (the
+    final evaluation, whose FID interval comes from their spread), which also draws `nearest` (samples beside their
+    nearest training images). The figures go to the logger as `eval/<metric>` (all ranks receive them, so a
     `ModelCheckpoint(monitor="eval/fid")` keeps the best checkpoint under DDP too) and into `history`.
     """
 
+    LOGGED = ("fid", "fid_std", "kid", "precision", "recall", "top_prob", "class_min", "class_max", "not_digit")
+    LOGGED += ("memorised", "memorised_heldout")
+
     def __init__(
         self,
-        net,
-        real_features: torch.Tensor,
+        reference,
         sampler: Sampler,
         n_samples: int,
         every_n_steps: int,
         seed: int = 1,
-        kid_subset_size: int = 100,
+        seeds: int = 1,
+        nearest: Path | None = None,
     ) -> None:
-        self.net, self.real_features, self.sampler = net, real_features, sampler
-        self.n_samples, self.every_n_steps, self.seed, self.kid_subset_size = (
-            n_samples,
-            every_n_steps,
-            seed,
-            kid_subset_size,
-        )
+        self.reference, self.sampler, self.n_samples, self.every_n_steps = reference, sampler, n_samples, every_n_steps
+        self.seed, self.seeds, self.nearest = seed, seeds, nearest
         self.history: list[dict] = []
 
     def due(self, trainer: pl.Trainer) -> bool:
@@ -147,11 +147,13 @@ class Evaluate(pl.Callback):
         if not self.due(trainer):
             return
         start = time.perf_counter()
-        figures = self.score(pl_module) if trainer.is_global_zero else None
+        final = trainer.global_step == trainer.max_steps
+        figures = self.score(pl_module, self.seeds if final else 1, final) if trainer.is_global_zero else None
         figures = trainer.strategy.broadcast(figures, src=0)
-        for name in ("fid", "kid", "precision", "recall", "top_prob", "class_min", "class_max"):
-            if name in figures:  # the class figures come with classifier feature nets (digits) only
+        for name in self.LOGGED:
+            if figures.get(name) is not None:  # class figures come with classifier feature nets (digits) only
                 pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
+        pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         self.history.append({"step": trainer.global_step} | figures | {"seconds": seconds})
 
@@ -162,10 +164,14 @@ class Evaluate(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
 
-    def score(self, pl_module) -> dict:
-        from diffexp.metrics import score
+    def score(self, pl_module, seeds: int = 1, picture: bool = False) -> dict:
+        """The record of `seeds` sampling seeds (`self.seed`, `self.seed + 1`, ...); `picture` writes `nearest`."""
+        from diffexp.heldout import plot_nearest
 
-        images = pl_module.sample_images(self.sampler, self.n_samples, self.seed)
-        fake, probs = self.net.to(pl_module.device).features_and_probs(images)
-        figures = score(self.real_features, fake, self.net.name, self.kid_subset_size, fake_probs=probs)
+        self.reference.net.to(pl_module.device)
+        images = [pl_module.sample_images(self.sampler, self.n_samples, self.seed + i) for i in range(seeds)]
+        figures, (samples, dist, index) = self.reference.score([x.cpu() for x in images], seed=self.seed)
+        if picture and self.nearest is not None:
+            ref = self.reference
+            plot_nearest(samples, ref.train_images, dist, index, ref.threshold, self.nearest)
         return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from diffexp.errors import ConfigError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DIGITS_SPLIT_SEED = 0
+DIGITS_HELDOUT = 360  # of the 1797 digits: never trained on, by the UNet or the digits net; the eval reference
+DEFAULT_HOLDOUT = 0.1  # share held out of Hub / folder data that has no test split of its own
 
 
 def digits_images(resolution: int = 16) -> torch.Tensor:
@@ -38,6 +41,46 @@ def digits_labels() -> torch.Tensor:
     from sklearn.datasets import load_digits
 
     return torch.from_numpy(load_digits().target)
+
+
+def digits_split(n: int = 1797) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed (train, held-out) index split of the digits: a seed-0 permutation, the last 360 held out.
+
+    The shipped digits net was trained on the same split, so no held-out image was seen by the net or the UNet.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    return perm[: n - DIGITS_HELDOUT], perm[n - DIGITS_HELDOUT :]
+
+
+def holdout_count(n: int, holdout: float) -> int:
+    """How many of `n` images `data.holdout` keeps out: a count (>= 1, whole) or a fraction in (0, 1); 0 = none."""
+    if holdout < 0 or (holdout >= 1 and holdout != int(holdout)):
+        raise ConfigError(
+            f"data.holdout={holdout}: give a count of images (a whole number), a fraction in (0, 1), or 0 for none"
+        )
+    k = int(holdout) if holdout >= 1 or holdout == 0 else max(1, round(holdout * n))
+    if k >= n:
+        raise ConfigError(
+            f"data.holdout={holdout} holds out {k} of the {n} images, leaving none to train on: lower data.holdout"
+        )
+    return k
+
+
+def holdout_split(n: int, holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) indices of `n` images: a seed-0 permutation, the last `holdout_count` held out.
+
+    Fixed by the data alone (not the run's seed), so every run of a dataset is scored against the same images.
+    """
+    k = holdout_count(n, holdout)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return perm[: n - k], perm[n - k :]
+
+
+def mixed_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers, distinct for distinct tuples (unlike `seed + epoch`, where seed s's
+    epoch e is seed s+1's epoch e-1)."""
+    hi, lo = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
+    return (int(hi) << 31) ^ int(lo)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -79,7 +122,7 @@ class StepBatches:
         if self._perm[0] != epoch:  # one permutation an epoch, not one a step
             self._perm = (
                 epoch,
-                torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch)),
+                torch.randperm(len(self.images), generator=torch.Generator().manual_seed(mixed_seed(self.seed, epoch))),
             )
         perm = self._perm[1]
         start = (k * self.world_size + self.rank) * self.batch_size
@@ -115,21 +158,28 @@ class ImageDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size}: use a positive batch size")
         self.resolution, self.channels, self.batch_size, self.flip = resolution, channels, batch_size, flip
         self.seed, self.on_device = seed, on_device
-        self.images: torch.Tensor | None = None
+        self.images: torch.Tensor | None = None  # the training images: all that training ever reads
+        self.heldout: torch.Tensor | None = None  # the held-out images: the evaluation reference, never trained on
 
-    def load_images(self) -> torch.Tensor:
+    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image of the dataset (uint8 `[N, C, H, W]`) and the indices of the held-out ones among them."""
         raise NotImplementedError
 
     def prepare(self) -> torch.Tensor:
-        """Loads the images once and checks them against the batch size; safe to call before training."""
+        """Loads the images once, splits off the held-out ones and checks the rest against the batch size; returns
+        the training images. Safe to call before training."""
         if self.images is None:
-            images = self.load_images()
-            if len(images) < self.batch_size:
+            images, held = self.load_split()
+            keep = torch.ones(len(images), dtype=torch.bool)
+            keep[held] = False
+            train = images[keep]
+            if len(train) < self.batch_size:
                 raise ConfigError(
-                    f"data.batch_size={self.batch_size} is larger than the dataset ({len(images)} images): "
-                    f"use data.batch_size<={len(images)}"
+                    f"data.batch_size={self.batch_size} is larger than the training set ({len(train)} images, "
+                    f"{len(held)} held out): use data.batch_size<={len(train)}"
                 )
-            self.images = images
+            self.images, self.heldout = train, images[held]
+            self.train_index, self.heldout_index = keep.nonzero().flatten(), held
         return self.images
 
     def setup(self, stage: str | None = None) -> None:
@@ -160,7 +210,7 @@ class ImageDataModule(pl.LightningDataModule):
         x = to_model_range(batch)
         if self.flip:
             step = self.trainer.global_step if self.trainer is not None else 0
-            g = torch.Generator().manual_seed(self.seed * 7919 + step)
+            g = torch.Generator().manual_seed(mixed_seed(self.seed, step, 1))  # the 1 sets flips apart from order
             mask = (torch.rand(len(x), generator=g) < 0.5).to(x.device)
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x
@@ -169,10 +219,11 @@ class ImageDataModule(pl.LightningDataModule):
 class DigitsDataModule(ImageDataModule):
     """scikit-learn's digits: 1797 images shipped with the package, no network."""
 
-    def load_images(self) -> torch.Tensor:
+    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels != 1:
             raise ConfigError(f"data.channels={self.channels}: the digits are greyscale, use data.channels=1")
-        return digits_images(self.resolution)
+        images = digits_images(self.resolution)
+        return images, digits_split(len(images))[1]
 
 
 def _preprocess(batch: dict, image_column: str, resolution: int, mode: str) -> dict:
@@ -247,28 +298,28 @@ class HubDataModule(ImageDataModule):
             copy: `Dataset.save_to_disk` output, or files `load_dataset` reads (parquet, an image folder).
         image_column: the column holding the images.
         split: which split to train on.
+        holdout: images kept out of training to score against: a count, a fraction, or 0 for none; None = the
+            dataset's `test` split where it has one (and trains on another), else `DEFAULT_HOLDOUT` of `split`.
     """
 
-    def __init__(self, name: str, image_column: str = "image", split: str = "train", **kwargs) -> None:
+    def __init__(
+        self, name: str, image_column: str = "image", split: str = "train", holdout: float | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
-        self.name, self.image_column, self.split = name, image_column, split
+        if holdout is not None:
+            holdout_count(10**9, holdout)  # a malformed value fails here, before any loading
+        self.name, self.image_column, self.split, self.holdout = name, image_column, split, holdout
 
-    def load_images(self) -> torch.Tensor:
+    def _splits(self) -> tuple:
+        """(the training split, the test split or None), as `datasets` objects."""
         import datasets
 
         local = Path(self.name).expanduser()
         if local.exists():
             if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
                 ds = datasets.load_from_disk(str(local))
-                if isinstance(ds, datasets.DatasetDict):
-                    if self.split not in ds:
-                        raise ConfigError(
-                            f"data.split={self.split!r} is not a split of data.name={self.name!r} "
-                            f"(splits: {sorted(ds)}): set data.split to one of them"
-                        )
-                    ds = ds[self.split]
             else:
-                ds = datasets.load_dataset(str(local), split=self.split)
+                ds = datasets.load_dataset(str(local))
         else:
             if not _hub_reachable():
                 raise ConfigError(
@@ -276,8 +327,30 @@ class HubDataModule(ImageDataModule):
                     f"folder: download the dataset where there is network (Dataset.save_to_disk) and set "
                     f"data.name to that folder, or use data=imagefolder"
                 )
-            ds = datasets.load_dataset(self.name, split=self.split)
-        return _cached_tensor(ds, self.image_column, self.resolution, self.channels, f"data.name={self.name!r}")
+            ds = datasets.load_dataset(self.name)
+        if not isinstance(ds, datasets.DatasetDict):
+            return ds, None
+        if self.split not in ds:
+            raise ConfigError(
+                f"data.split={self.split!r} is not a split of data.name={self.name!r} "
+                f"(splits: {sorted(ds)}): set data.split to one of them"
+            )
+        return ds[self.split], ds["test"] if "test" in ds and self.split != "test" else None
+
+    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        train, test = self._splits()
+        what = f"data.name={self.name!r}"
+        images = _cached_tensor(train, self.image_column, self.resolution, self.channels, what)
+        return _with_holdout(images, test, self.holdout, self.image_column, self.resolution, self.channels, what)
+
+
+def _with_holdout(images: torch.Tensor, test, holdout, column: str, resolution: int, channels: int, what: str):
+    """(all images, held-out indices): the test split appended and held out where there is one and `holdout` is
+    None; else `holdout` (default `DEFAULT_HOLDOUT`) of `images`."""
+    if holdout is None and test is not None:
+        held = _cached_tensor(test, column, resolution, channels, f"{what} (test split)")
+        return torch.cat([images, held]), torch.arange(len(images), len(images) + len(held))
+    return images, holdout_split(len(images), DEFAULT_HOLDOUT if holdout is None else holdout)[1]
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -286,13 +359,20 @@ def _visible(path: Path, root: Path) -> bool:
 
 
 class ImageFolderDataModule(ImageDataModule):
-    """A local folder of images (sub-folders included), through `datasets`' imagefolder builder."""
+    """A local folder of images (sub-folders included), through `datasets`' imagefolder builder.
 
-    def __init__(self, path: str, **kwargs) -> None:
+    Args:
+        path: the folder; `train/` and `test/` sub-folders are read as those splits (the test split held out).
+        holdout: as `HubDataModule`'s.
+    """
+
+    def __init__(self, path: str, holdout: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.path = path
+        if holdout is not None:
+            holdout_count(10**9, holdout)
+        self.path, self.holdout = path, holdout
 
-    def load_images(self) -> torch.Tensor:
+    def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         import datasets
 
         folder = Path(self.path).expanduser()
@@ -304,5 +384,7 @@ class ImageFolderDataModule(ImageDataModule):
                 f"data.path={self.path!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}; files and folders "
                 f"named .* or __* are skipped): add images or point data.path elsewhere"
             )
-        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
-        return _cached_tensor(ds, "image", self.resolution, self.channels, f"data.path={self.path!r}")
+        ds = datasets.load_dataset("imagefolder", data_dir=str(folder))
+        what = f"data.path={self.path!r}"
+        images = _cached_tensor(ds["train"], "image", self.resolution, self.channels, what)
+        return _with_holdout(images, ds.get("test"), self.holdout, "image", self.resolution, self.channels, what)

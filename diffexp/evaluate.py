@@ -1,7 +1,9 @@
 """diffexp-evaluate: a trained run's quality against the number of network evaluations, per sampler.
 
 `diffexp-evaluate run=DIR samplers=[ddim,dpm_solver] steps=[10,25,50] ddpm_steps=[] n=512` writes `DIR/eval/<name>.csv`,
-`.md` and `.png`; a second evaluation never overwrites the first.
+`.md`, `.png` and `<name>-nearest.png`; a second evaluation never overwrites the first. Every setting is scored
+against the dataset's held-out images over `eval.seeds` sampling seeds (`seed`, `seed + 1`, ...), each figure with
+its 95% interval; the table's first row is the real-data floor (training images against the same held-out images).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from omegaconf import DictConfig
 from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
-from diffexp.metrics import check_sample_count, reference_features, score
+from diffexp.heldout import Reference, plot_nearest
+from diffexp.metrics import check_sample_count
 from diffexp.run_folder import LoadedRun, load_run
 from diffexp.sample import free_path, pick_device
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
-from diffexp.tables import write_table
+from diffexp.tables import with_interval, write_table
 
 log = logging.getLogger("diffexp.evaluate")
 COLUMNS = [
@@ -30,23 +33,42 @@ COLUMNS = [
     "steps",
     "nfe",
     "fid",
+    "fid_lo",
+    "fid_hi",
+    "fid_std",
     "kid",
+    "kid_lo",
+    "kid_hi",
     "kid_std",
     "precision",
+    "precision_lo",
+    "precision_hi",
     "recall",
+    "recall_lo",
+    "recall_hi",
     "top_prob",
+    "top_prob_lo",
+    "top_prob_hi",
     "class_min",
     "class_max",
+    "not_digit",
+    "memorised",
+    "memorised_heldout",
     "feature_net",
+    "reference",
     "n_real",
     "n_fake",
+    "n_seeds",
     "seconds",
     "images_per_s",
 ]
+MD_COLUMNS = ["sampler", "steps", "FID (95% CI)", "KID (95% CI)", "precision (95% CI)", "recall (95% CI)"]
+MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real"]
+FLOOR = "floor: real training images"
 
 
-def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> torch.Tensor:
-    """The cached reference features of the run's own dataset (the same set training evaluation used)."""
+def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> Reference:
+    """The held-out reference of the run's own dataset (the same set training evaluation used; features cached)."""
     data = loaded.config.get("data")
     if not data:
         raise ConfigError(
@@ -54,9 +76,31 @@ def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> torch.Tensor:
             f"or a pipeline that diffexp exported"
         )
     datamodule = instantiate(data, seed=0)
-    images = datamodule.prepare()
+    train = datamodule.prepare()
     key = str(data.get("name") or data.get("path") or data["_target_"].rsplit(".", 1)[-1])
-    return reference_features(images, net, key, Path(cfg.eval.cache_dir).expanduser(), cfg.eval.reference_size)
+    return Reference.build(
+        train,
+        datamodule.heldout,
+        net,
+        key,
+        Path(cfg.eval.cache_dir),
+        cfg.eval.reference_size,
+        cfg.eval.kid_subset_size,
+    )
+
+
+def flat_row(figures: dict) -> dict:
+    """A record with `[lo, hi]` intervals as `<name>_lo`/`_hi` columns (CSV) and `value [lo, hi]` cells (Markdown)."""
+    row = dict(figures)
+    for name in ("fid", "kid", "precision", "recall", "top_prob"):
+        ci = figures.get(f"{name}_ci")
+        if ci is not None:
+            row[f"{name}_lo"], row[f"{name}_hi"] = ci
+        if name != "top_prob" and figures.get(name) is not None:
+            row[f"{name.upper() if len(name) == 3 else name} (95% CI)"] = with_interval(figures[name], ci)
+    if "n_seeds" in figures:
+        row["n_fake x seeds"] = f"{figures['n_fake']} x {figures['n_seeds']}"
+    return row
 
 
 def run(cfg: DictConfig) -> Path:
@@ -64,6 +108,8 @@ def run(cfg: DictConfig) -> Path:
 
     if not cfg.eval.net:
         raise ConfigError("eval=none has no metric to evaluate: use eval=digits or eval=inception")
+    if cfg.eval.seeds < 1:
+        raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     n = cfg.n or cfg.eval.n_samples
     grid = {name: list(cfg.steps) for name in cfg.samplers}
     if cfg.ddpm_steps:
@@ -85,32 +131,42 @@ def run(cfg: DictConfig) -> Path:
             f"steps: {too_many} exceed the model's {loaded.scheduler.config.num_train_timesteps} "
             f"training timesteps: lower them"
         )
-    real = reference_for(loaded, net, cfg)
-
-    rows = []
+    reference = reference_for(loaded, net, cfg)
+    floor = reference.floor(n)
+    rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
+    pictures = []
     for name, steps_list in grid.items():
         for steps in steps_list:
             start = time.perf_counter()
-            noise, generator = seeded_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
-            images = to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator))
+            images = []
+            for k in range(cfg.eval.seeds):
+                noise, generator = seeded_noise(
+                    n, unet.config.in_channels, unet.config.sample_size, cfg.seed + k, device
+                )
+                images.append(to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator)).cpu())
             seconds = time.perf_counter() - start
-            fake, probs = net.features_and_probs(images)
-            figures = score(real, fake, net.name, cfg.eval.kid_subset_size, fake_probs=probs)
-            rows.append(
-                {
-                    "sampler": name,
-                    "steps": steps,
-                    "nfe": steps,
-                    **figures,
-                    "seconds": round(seconds, 2),
-                    "images_per_s": round(n / seconds, 2),
-                }
-            )
-            log.info("%s-%d: fid %.3f", name, steps, figures["fid"])
-    stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}"
+            figures, nearest = reference.score(images, seed=cfg.seed)
+            pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
+            row = {"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures)}
+            rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
+            log.info("%s-%d: fid %.3f %s", name, steps, figures["fid"], figures["fid_ci"])
+    stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}" + (f"-x{cfg.eval.seeds}" if cfg.eval.seeds > 1 else "")
     path = free_path(Path(cfg.run) / "eval", stem, ".csv")
-    write_table(rows, COLUMNS, path)
-    plot_quality(rows, path.with_suffix(".png"), f"{cfg.eval.net} FID, {n} samples")
+    write_table(rows, COLUMNS, path, MD_COLUMNS)
+    plot_quality(rows[1:], path.with_suffix(".png"), f"{cfg.eval.net} FID, {n} samples x {cfg.eval.seeds} seeds")
+    # The setting with the largest memorised share (the first of equals), its first seed's samples.
+    _, setting, (samples, dist, index) = max(pictures, key=lambda p: p[0])
+    plot_nearest(
+        samples, reference.train_images, dist, index, reference.threshold, path.with_name(f"{path.stem}-nearest.png")
+    )
+    note = (
+        f"\nAgainst {len(reference.real)} held-out images ({cfg.eval.net} features); intervals 95% (FID: t over "
+        f"{cfg.eval.seeds} sampling seeds; KID, precision, recall: bootstrap). memorised: share of samples nearer a "
+        f"training image than all but {reference.memorised_heldout:.1%} of held-out images are "
+        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}.\n"
+    )
+    with path.with_suffix(".md").open("a") as f:
+        f.write(note)
     print(path.with_suffix(".md").read_text())
     return path
 
@@ -126,6 +182,10 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == name)
         ax.plot(*zip(*mine, strict=True), marker="o", label=name)
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r["nfe"], r.get("fid_lo"), r.get("fid_hi")) for r in rows if r["sampler"] == name)
+        if all(lo is not None for _, lo, _ in mine):
+            ax.fill_between([m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine], alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("network evaluations per image")
     ax.set_ylabel("FID (lower is better)")

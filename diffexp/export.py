@@ -52,7 +52,7 @@ images = pipeline(batch_size=16).images
 
 ## Figures
 
-{figures}
+{quality}{figures}
 
 The full Hydra config is in `diffexp_config.json`; `diffexp-reproduce` re-runs it.
 """
@@ -61,6 +61,38 @@ The full Hydra config is in `diffexp_config.json`; `diffexp-reproduce` re-runs i
 def _table(d: dict[str, Any]) -> str:
     rows = [f"| `{k}` | {v} |" for k, v in d.items() if not isinstance(v, dict)]
     return "| setting | value |\n| --- | --- |\n" + "\n".join(rows) if rows else "(none)"
+
+
+def quality(ev: dict) -> str:
+    """The final evaluation in words: each figure with its interval, against what, the floor, memorisation."""
+    if not isinstance(ev, dict) or "fid" not in ev or "floor" not in ev:
+        return ""
+    from diffexp.tables import with_interval
+
+    seeds = ev.get("n_seeds", 1)
+    floor = ev["floor"]
+    lines = [
+        f"Scored against {ev['n_real']} held-out images the model never trained on ({ev['feature_net']} features, "
+        f"{ev['n_fake']} samples from each of {seeds} sampling seed(s), {ev.get('sampler')}-{ev.get('sampler_steps')}; "
+        f"95% intervals: FID over the seeds, the others by bootstrap):",
+        "",
+        "| figure | samples | real training images (the floor) |",
+        "| --- | --- | --- |",
+    ]
+    for name in ("fid", "kid", "precision", "recall"):
+        figure, real = with_interval(ev[name], ev.get(f"{name}_ci")), with_interval(floor[name], None)
+        lines.append(f"| {name} | {figure} | {real} |")
+    if "top_prob" in ev:
+        lines.append(f"| top_prob | {with_interval(ev['top_prob'], ev.get('top_prob_ci'))} | |")
+        lines.append(f"| not a digit | {ev.get('not_digit', 0):.1%} | |")
+    lines += [
+        "",
+        f"Memorised: {ev['memorised']:.1%} of samples lie nearer a training image than all but "
+        f"{ev['memorised_heldout']:.1%} of held-out images do (in {ev.get('memorised_space')}).",
+        "",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
@@ -80,9 +112,8 @@ def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
         }
     )
     figures = {k: v for k, v in metrics.items() if k not in ("environment", "recipe") and not isinstance(v, dict)}
-    figures.update(
-        {f"{k}": v for k, v in metrics.get("eval", {}).items()} if isinstance(metrics.get("eval"), dict) else {}
-    )
+    ev = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
+    figures.update({k: v for k, v in ev.items() if not isinstance(v, list | dict)})
     return CARD.format(
         title=repo.split("/")[-1],
         params=metrics.get("parameters", 0) / 1e6,
@@ -92,6 +123,7 @@ def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
         grid="\n![samples](samples.png)\n" if has_grid else "",
         repo=repo,
         recipe=_table(recipe),
+        quality=quality(ev),
         figures=_table(figures),
     )
 

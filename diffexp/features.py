@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffexp.data import digits_images, digits_labels, to_model_range
+from diffexp.data import DIGITS_HELDOUT, DIGITS_SPLIT_SEED, digits_images, digits_labels, digits_split, to_model_range
 from diffexp.errors import ConfigError
 
 ASSETS = Path(__file__).parent / "assets"
 WEIGHTS = ASSETS / "digits_net.safetensors"
 MANIFEST = ASSETS / "digits_net.json"
 
-SPLIT_SEED = 0
-HELDOUT = 360  # of the 1797 digits, kept out of training to measure accuracy
+SPLIT_SEED = DIGITS_SPLIT_SEED
+HELDOUT = DIGITS_HELDOUT  # of the 1797 digits, kept out of training (the net's and the UNet's): the eval reference
+heldout_split = digits_split  # the (train, held-out) split the net was trained on
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # the file name torch-fidelity downloads
 
 
@@ -60,6 +61,7 @@ class DigitsNet(nn.Module):
         self.hidden = nn.Linear(c_in * side * side, num_features)
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(num_features, 11)  # the 10 digits + "not a digit" (see `_junk`)
+        self.classes = 10  # digit classes; the last output (index 10) is "not a digit"
 
     def settings(self) -> dict:
         return {
@@ -98,19 +100,14 @@ class DigitsNet(nn.Module):
         return self._run(images)[0]
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 `[N, C, H, W]` -> digit class probabilities `[N, 10]` (the "not a digit" logit left out)."""
+        """uint8 `[N, C, H, W]` -> class probabilities `[N, 11]` from the full softmax: the 10 digits, then
+        "not a digit" (dropping that logit and renormalising would make a non-digit look like a confident digit)."""
         return self.features_and_probs(images)[1]
 
     def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`features` and `probs` from one pass over the images."""
         feats, logits = self._run(images)
-        return feats, logits[:, :10].softmax(-1)
-
-
-def heldout_split(n: int = 1797) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed (train, held-out) index split of the digits: a seed-0 permutation, the last 360 held out."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return perm[: n - HELDOUT], perm[n - HELDOUT :]
+        return feats, logits.softmax(-1)
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -239,7 +236,8 @@ def load_digits_net(weights: Path = WEIGHTS, manifest: Path = MANIFEST) -> Digit
             f"eval=digits: {weights} has sha256 {digest[:12]}…, its manifest says {record['sha256'][:12]}…: "
             f"the file is corrupt; reinstall diffexp or rebuild it with `python -m diffexp.features`"
         )
-    net = DigitsNet(**record["architecture"])
+    with torch.random.fork_rng(devices=[]):  # the init it overwrites draws from the global RNG: leave training's alone
+        net = DigitsNet(**record["architecture"])
     net.load_state_dict(load(data))
     net.checksum = digest
     return net.eval().requires_grad_(False)
@@ -274,6 +272,31 @@ class InceptionNet(nn.Module):
     def features_and_probs(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         """`features`, and no class probabilities: this net is no classifier of the data."""
         return self.features(images), None
+
+
+def pixel_space(images: torch.Tensor, shifts: bool = True) -> torch.Tensor:
+    """The memorisation feature space: pixels in [0, 1] at half resolution (2x2 means), `[N, S, D]` with S = 9
+    shifted copies (every shift of up to one pixel in x and y at full resolution, zero-filled) or S = 1.
+
+    Copies of a training image stay close here under small noise (the means average it down) and one-pixel
+    shifts (compared at the best shift), while the digits net's features move as far as a new writer's digit does.
+    """
+    x = images.float().div(255)
+    if not shifts:
+        return F.avg_pool2d(x, 2).flatten(1).unsqueeze(1)
+    out = []
+    h, w = x.shape[-2:]
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            y = torch.zeros_like(x)
+            y[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+                ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+            ]
+            out.append(F.avg_pool2d(y, 2).flatten(1))
+    return torch.stack(out, 1)
+
+
+PIXEL_SPACE = "pixels/2 (+-1 px shift)"  # the memorisation space's recorded name
 
 
 def inception_weights_path() -> Path:
@@ -311,7 +334,8 @@ def load_feature_net(name: str, channels: int, resolution: int) -> nn.Module:
                 f"eval=inception: the InceptionV3 weights are not on disk: put {INCEPTION_WEIGHTS} (from the "
                 f"torch-fidelity v0.2.0 release) at {weights}, or use eval=digits / eval=none"
             )
-        return InceptionNet(weights).eval()
+        with torch.random.fork_rng(devices=[]):
+            return InceptionNet(weights).eval()
     raise ConfigError(f"eval.net={name!r} is not a feature net: use digits, inception, or eval=none")
 
 

@@ -2,13 +2,13 @@
 
 Feature nets live in `diffexp.features`; these functions never see images, so the same code scores the
 digits net's 64-d features and Inception's 2048-d ones. Everything is computed in float64 on the CPU.
+
+Every figure comes with its interval: FID from its spread over sampling seeds (a t interval of the mean), KID,
+precision, recall and top_prob by bootstrap over the samples (and the reference images where a figure depends on
+them). The memorisation figure compares each sample's nearest training image with how near held-out images come.
 """
 
 from __future__ import annotations
-
-import hashlib
-import re
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -16,6 +16,8 @@ from torch import Tensor
 from diffexp.errors import ConfigError
 
 REFERENCE_SEED = 0
+BOOTSTRAP = 200  # resamples behind each bootstrap interval
+MEMORISED_FACTOR = 0.5  # a sample is a copy when nearer a training image than this share of held-out images' median
 
 
 def check_sample_count(n: int, num_features: int, net: str = "") -> None:
@@ -138,81 +140,173 @@ def reference_indices(n_images: int, n: int) -> Tensor:
     return perm[: min(n, n_images)]
 
 
-def reference_features(images_uint8: Tensor, net, key: str, cache_dir: Path, n: int) -> Tensor:
-    """Features of a dataset's fixed reference set, computed once and cached on disk.
-
-    Every run of a dataset is then scored against the same real images and the same numbers. The cache file
-    is named by the dataset key, resolution, count, feature net checksum and a hash of the chosen images, so
-    a changed dataset or net never reads stale features.
+def class_figures(probs: Tensor, classes: int | None = None) -> dict:
+    """What a classifier makes of the samples: the mean top-class probability of the full softmax (is each sample
+    clearly one class?), the smallest and largest share of a class among the samples (are all classes there,
+    evenly?) and, where the classifier has outputs past `classes` ("not a digit"), the share called that.
 
     Args:
-        images_uint8: the whole dataset, uint8 `[N, C, H, W]`.
-        net: a feature net from `diffexp.features.load_feature_net` (has `features`, `name`, `checksum`).
-        key: names the dataset, e.g. `digits` or a Hub name.
-        cache_dir: where the cache files go.
-        n: reference size (`eval.reference_size`).
+        probs: class probabilities of the samples, `[N, outputs]`, rows summing to 1.
+        classes: the real classes (the first columns); None = every column is one.
     """
-    from safetensors.torch import load_file, save_file
-
-    chosen = images_uint8[reference_indices(len(images_uint8), n)].cpu().contiguous()
-    content = hashlib.sha256(chosen.numpy().tobytes()).hexdigest()[:12]
-    safe_key = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "data"
-    name = f"{safe_key}-{chosen.shape[-1]}px-n{len(chosen)}-{net.name}-{str(net.checksum)[:12]}-{content}"
-    path = Path(cache_dir) / f"{name}.safetensors"
-    if path.exists():
-        return load_file(str(path))["features"]
-    feats = net.features(chosen).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(feats)}")
-    save_file({"features": feats}, str(tmp), metadata={"key": key, "feature_net": net.name, "n": str(len(chosen))})
-    tmp.replace(path)  # atomic: parallel sweep jobs never read a half-written file
-    return feats
-
-
-def class_figures(probs: Tensor) -> dict:
-    """What a classifier makes of the samples: the mean top-class probability (is each sample clearly one class?)
-    and the smallest and largest share of a class among the samples (are all classes there, evenly?).
-
-    Args:
-        probs: class probabilities of the samples, `[N, classes]`.
-    """
+    classes = classes or probs.shape[1]
     top, cls = probs.max(dim=1)
     share = torch.bincount(cls, minlength=probs.shape[1]).double() / len(probs)
-    return {"top_prob": top.mean().item(), "class_min": share.min().item(), "class_max": share.max().item()}
+    out = {"top_prob": top.mean().item(), "class_min": share[:classes].min().item()}
+    out["class_max"] = share[:classes].max().item()
+    if probs.shape[1] > classes:
+        out["not_digit"] = share[classes:].sum().item()
+    return out
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float | None, list[float] | None]:
+    """Mean, standard deviation (n - 1) and the t interval of the mean of independent repeats (sampling seeds);
+    std and interval are None for a single value."""
+    from scipy.stats import t
+
+    x = torch.tensor(values, dtype=torch.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None, None
+    std = float(x.std())
+    half = float(t.ppf(0.5 + level / 2, len(x) - 1)) * std / len(x) ** 0.5
+    return mean, std, [mean - half, mean + half]
+
+
+def _percentile_ci(point: float, boots: Tensor, full: float, level: float = 0.95) -> list[float]:
+    """The bootstrap interval of `point`: the resamples' quantiles, shifted by however far `point` lies from the
+    statistic the resamples were drawn around (0 where they are the same statistic)."""
+    q = torch.quantile(boots - full, torch.tensor([0.5 - level / 2, 0.5 + level / 2], dtype=boots.dtype))
+    return [point + float(q[0]), point + float(q[1])]
+
+
+def _counts(n: int, boots: int, g: torch.Generator) -> Tensor:
+    """`boots` bootstrap resamples of n items, as how often each item was drawn `[boots, n]`."""
+    idx = torch.randint(0, n, (boots, n), generator=g)
+    return torch.zeros(boots, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(boots, n, dtype=torch.float64))
+
+
+def _weighted_mean(values: Tensor, counts: Tensor) -> Tensor:
+    """Mean of per-item `values` `[n]` in each resample `[boots, n]` -> `[boots]`."""
+    return counts @ values.double() / values.shape[0]
+
+
+def _kernel(x: Tensor, y: Tensor) -> Tensor:
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def _mmd_resampled(k_ff: Tensor, k_rr: Tensor, k_fr: Tensor, w_f: Tensor, w_r: Tensor) -> Tensor:
+    """Unbiased MMD^2 of resampled sets, from kernel matrices and draw counts `[B, n]`, `[B, m]` (all ones: the
+    plain full-set estimate). Pairs of two draws of the same item are left out, as the unbiased estimate leaves out
+    an item paired with itself (with them, the large self-similarities would bias every resample upwards)."""
+
+    def within(k: Tensor, w: Tensor) -> Tensor:
+        pairs = w.sum(1) ** 2 - (w * w).sum(1)
+        return (((w @ k) * w).sum(1) - (w * w) @ k.diagonal()) / pairs
+
+    return within(k_ff, w_f) + within(k_rr, w_r) - 2 * ((w_f @ k_fr) * w_r).sum(1) / (w_f.sum(1) * w_r.sum(1))
+
+
+def nearest(query: Tensor, ref: Tensor, chunk: int = 32) -> tuple[Tensor, Tensor]:
+    """For each query `[N, S, D]` (S variants of one item, e.g. shifts), the distance to its nearest `ref` row
+    `[M, D]` over all variants, and that row's index. `chunk` queries at a time bound memory at chunk x S x M."""
+    query, ref = query.detach().to("cpu", torch.float64), ref.detach().to("cpu", torch.float64)
+    dist, index = [], []
+    for c in query.split(chunk):
+        d = torch.cdist(c.flatten(0, 1), ref).view(len(c), -1, len(ref)).amin(1)
+        best = d.min(1)
+        dist.append(best.values)
+        index.append(best.indices)
+    return torch.cat(dist), torch.cat(index)
+
+
+def memorisation_threshold(heldout_dist: Tensor, factor: float = MEMORISED_FACTOR) -> float:
+    """The distance below which a sample is called a copy: `factor` times the median distance from a held-out image
+    to its nearest training image. Held-out images (which no model can have copied) show how near fresh images come;
+    the share of them under the threshold is the rule's false-positive rate, recorded with it. (A low quantile of
+    those distances would fix that rate instead, but it rests on the few nearest held-out images and moves with them.)
+    """
+    return factor * float(heldout_dist.double().median())
 
 
 def score(
     real_feats: Tensor,
-    fake_feats: Tensor,
+    fake_feats: Tensor | list[Tensor],
     feature_net: str,
     kid_subset_size: int = 1000,
     kid_subsets: int = 100,
     k: int = 3,
     seed: int = 0,
-    fake_probs: Tensor | None = None,
+    fake_probs: Tensor | list[Tensor] | None = None,
+    classes: int | None = None,
+    boots: int = BOOTSTRAP,
 ) -> dict:
-    """All metrics of one sample set, with the feature net and counts that make the figures comparable.
+    """All metrics of samples from one or more sampling seeds, each with its interval and counts.
+
+    Point figures are means over the seeds (FID: `fid_std` and a t interval over seeds, None with one seed);
+    `kid_ci`, `precision_ci`, `recall_ci` and `top_prob_ci` are 95% bootstrap intervals over the samples (and the
+    reference images, for KID and recall).
 
     Args:
-        real_feats: reference features (from `reference_features`).
-        fake_feats: features of the generated samples.
+        real_feats: reference features (the held-out images).
+        fake_feats: features of the generated samples, one tensor per sampling seed (or one tensor).
         feature_net: the net's name, recorded with the figures (`digits`, `inception`).
         kid_subset_size: KID subset size (`eval.kid_subset_size`), clipped to the sample counts.
         kid_subsets: number of KID subsets.
         k: neighbourhood size of precision/recall.
-        seed: seeds the KID subsets.
-        fake_probs: the feature net's class probabilities of the samples, where it is a classifier (digits):
-            adds `class_figures`.
+        seed: seeds the KID subsets and the bootstrap.
+        fake_probs: the feature net's class probabilities of the samples (per seed), where it is a classifier
+            (digits): adds `class_figures` and `top_prob_ci`.
+        classes: real classes among the probability columns (`class_figures`).
+        boots: bootstrap resamples.
     """
-    kid_mean, kid_std = kid(real_feats, fake_feats, kid_subset_size, kid_subsets, seed)
-    precision, recall = precision_recall(real_feats, fake_feats, k)
-    return {
-        "fid": fid(real_feats, fake_feats),
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "precision": precision,
-        "recall": recall,
-        "n_real": len(real_feats),
-        "n_fake": len(fake_feats),
+    fakes = [fake_feats] if isinstance(fake_feats, Tensor) else list(fake_feats)
+    real = _as64(real_feats, "real", k + 1)
+    fakes = [_as64(f, "fake", k + 1) for f in fakes]
+    g = torch.Generator().manual_seed(seed)
+    m = len(real)
+    w_r = _counts(m, boots, g)  # reference images resampled once, shared by every seed
+    k_rr, real_radii = _kernel(real, real), _knn_radii(real, k, 1024)
+    per_seed: dict[str, list[float]] = {"fid": [], "kid": [], "kid_std": [], "precision": [], "recall": []}
+    boot = {"kid": [], "precision": [], "recall": []}
+    full_kid = []
+    for fake in fakes:
+        n = len(fake)
+        per_seed["fid"].append(fid(real, fake))
+        kid_mean, kid_std = kid(real, fake, kid_subset_size, kid_subsets, seed)
+        per_seed["kid"].append(kid_mean)
+        per_seed["kid_std"].append(kid_std)
+        inside = torch.cat([(torch.cdist(c, real) <= real_radii).any(1) for c in fake.split(1024)]).double()
+        covered = torch.cat(
+            [(torch.cdist(c, fake) <= _knn_radii(fake, k, 1024)).any(1) for c in real.split(1024)]
+        ).double()
+        per_seed["precision"].append(float(inside.mean()))
+        per_seed["recall"].append(float(covered.mean()))
+        w_f = _counts(n, boots, g)
+        k_ff, k_fr = _kernel(fake, fake), _kernel(fake, real)
+        ones_f, ones_r = torch.ones(1, n, dtype=torch.float64), torch.ones(1, m, dtype=torch.float64)
+        full_kid.append(float(_mmd_resampled(k_ff, k_rr, k_fr, ones_f, ones_r)[0]))
+        boot["kid"].append(_mmd_resampled(k_ff, k_rr, k_fr, w_f, w_r))
+        boot["precision"].append(_weighted_mean(inside, w_f))
+        boot["recall"].append(_weighted_mean(covered, w_r))
+    fid_mean, fid_std, fid_ci = mean_interval(per_seed["fid"])
+    out = {"fid": fid_mean, "fid_std": fid_std, "fid_ci": fid_ci}
+    mean = {name: sum(v) / len(v) for name, v in per_seed.items()}
+    full = {"kid": sum(full_kid) / len(full_kid), "precision": mean["precision"], "recall": mean["recall"]}
+    for name in ("kid", "precision", "recall"):
+        out[name] = mean[name]
+        out[f"{name}_ci"] = _percentile_ci(mean[name], torch.stack(boot[name]).mean(0), full[name])
+    out["kid_std"] = mean["kid_std"]
+    if fake_probs is not None:
+        probs = [fake_probs] if isinstance(fake_probs, Tensor) else list(fake_probs)
+        figures = [class_figures(p.double(), classes) for p in probs]
+        out |= {name: sum(f[name] for f in figures) / len(figures) for name in figures[0]}
+        top = [p.double().max(1).values for p in probs]
+        boot_top = torch.stack([_weighted_mean(t, _counts(len(t), boots, g)) for t in top]).mean(0)
+        out["top_prob_ci"] = _percentile_ci(out["top_prob"], boot_top, out["top_prob"])
+    return out | {
+        "n_seeds": len(fakes),
+        "n_real": m,
+        "n_fake": len(fakes[0]),
         "feature_net": feature_net,
-    } | (class_figures(fake_probs) if fake_probs is not None else {})
+    }

@@ -26,6 +26,7 @@ class Data:
     image_column: Optional[str] = None
     split: Optional[str] = None
     path: Optional[str] = None
+    holdout: Optional[float] = None
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Sampler:
 class Eval:
     net: Optional[str]
     n_samples: int
-    reference_size: int
+    reference_size: Optional[int]
+    seeds: int
     every_n_steps: int
     sampler: str
     sampler_steps: int

@@ -14,6 +14,11 @@ def cell(v: Any) -> str:
     return "" if v is None else str(v).replace("|", "\\|")
 
 
+def with_interval(value: float, ci: list[float] | None) -> str:
+    """`5.68 [5.12, 6.24]`: a figure with its 95% interval (the figure alone where there is none)."""
+    return cell(float(value)) + (f" [{cell(float(ci[0]))}, {cell(float(ci[1]))}]" if ci is not None else "")
+
+
 def markdown(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `columns`; floats to 4 significant digits, missing values empty."""
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]

@@ -141,9 +141,9 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     if speed(cfg, "tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed(cfg, "data_on_device"))
-    images = datamodule.prepare()  # bad data fails here, before anything is built or written
+    datamodule.prepare()  # bad data fails here, before anything is built or written
     sampler = instantiate(cfg.sampler)  # so does a bad sampler
-    evaluate = _evaluation(cfg, images, sampler)  # and a bad eval setting
+    evaluate = _evaluation(cfg, datamodule, sampler, run_dir)  # and a bad eval setting
     unet = instantiate(cfg.model, _convert_="all")
     scheduler = instantiate(cfg.schedule)
 
@@ -235,26 +235,37 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     return summary["objective"]
 
 
-def _evaluation(cfg: DictConfig, images: torch.Tensor, sampler) -> Evaluate | None:
-    """The in-training evaluation callback, with the reference features of this dataset (cached on disk)."""
+def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate | None:
+    """The in-training evaluation callback, scoring against this dataset's held-out images (features cached)."""
     if not cfg.eval.net:
         return None
     from diffexp.features import load_feature_net
-    from diffexp.metrics import check_sample_count, reference_features
+    from diffexp.heldout import Reference
+    from diffexp.metrics import check_sample_count
 
+    if cfg.eval.seeds < 1:
+        raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution)
     check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
     key = str(cfg.data.get("name") or cfg.data.get("path") or cfg.data._target_.rsplit(".", 1)[-1])
-    real = reference_features(images, net, key, Path(cfg.eval.cache_dir).expanduser(), cfg.eval.reference_size)
+    reference = Reference.build(
+        datamodule.images,
+        datamodule.heldout,
+        net,
+        key,
+        Path(cfg.eval.cache_dir),
+        cfg.eval.reference_size,
+        cfg.eval.kid_subset_size,
+    )
     fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
     return Evaluate(
-        net,
-        real,
+        reference,
         fast,
         cfg.eval.n_samples,
         cfg.eval.every_n_steps,
         seed=cfg.seed + 1,
-        kid_subset_size=cfg.eval.kid_subset_size,
+        seeds=cfg.eval.seeds,
+        nearest=run_dir / "plots" / "nearest.png" if rank() == 0 else None,
     )
 
 

@@ -18,7 +18,15 @@ from diffusers import DDPMPipeline
 from hydra.utils import instantiate
 from PIL import Image
 
-from diffexp.data import HubDataModule, ImageFolderDataModule, StepBatches, to_model_range
+from diffexp.data import (
+    DigitsDataModule,
+    HubDataModule,
+    ImageFolderDataModule,
+    StepBatches,
+    digits_images,
+    digits_split,
+    to_model_range,
+)
 from diffexp.errors import ConfigError
 from diffexp.train import run
 
@@ -88,8 +96,10 @@ def test_hub_with_named_image_column_trains_greyscale(tiny_cfg, tmp_path):
     local = save_hub_copy(tmp_path / "ds", column="img")
     cfg = tiny_cfg("data=hub", f"data.name={local}", "data.image_column=img", "data.channels=1", *SMALL)
     assert cfg.model.in_channels == 1
-    x = instantiate(cfg.data).prepare()
-    assert x.shape == (24, 1, 8, 8) and x.dtype == torch.uint8
+    dm = instantiate(cfg.data)
+    x = dm.prepare()
+    assert x.shape == (22, 1, 8, 8) and x.dtype == torch.uint8  # 10% of 24 (no test split) held out
+    assert dm.heldout.shape == (2, 1, 8, 8)
     train_and_check(cfg, tmp_path / "run", channels=1)
 
 
@@ -98,8 +108,11 @@ def test_saved_dataset_dict_uses_the_named_split(tmp_path):
     images = datasets.Dataset.from_dict({"image": pil_images(6)}, features=features)
     datasets.DatasetDict({"train": images, "test": images.select(range(2))}).save_to_disk(str(tmp_path / "dd"))
     args = {"name": str(tmp_path / "dd"), "resolution": 8, "channels": 3, "batch_size": 2, "flip": False}
-    assert HubDataModule(**args).prepare().shape == (6, 3, 8, 8)
-    assert HubDataModule(**args, split="test").prepare().shape == (2, 3, 8, 8)
+    dm = HubDataModule(**args)
+    assert dm.prepare().shape == (6, 3, 8, 8) and dm.heldout.shape == (2, 3, 8, 8)  # the test split is held out
+    assert HubDataModule(**args, split="test", holdout=0).prepare().shape == (2, 3, 8, 8)
+    counted = HubDataModule(**args, holdout=2)  # an explicit holdout comes out of the training split instead
+    assert counted.prepare().shape == (4, 3, 8, 8) and counted.heldout.shape == (2, 3, 8, 8)
     with pytest.raises(ConfigError, match=r"data.split='validation' .*\['test', 'train'\]"):
         HubDataModule(**args, split="validation").prepare()
 
@@ -107,14 +120,17 @@ def test_saved_dataset_dict_uses_the_named_split(tmp_path):
 def test_image_folder_trains(tiny_cfg, tmp_path):
     folder = write_image_folder(tmp_path / "pictures")
     cfg = tiny_cfg("data=imagefolder", f"data.path={folder}", *SMALL)
-    x = instantiate(cfg.data).prepare()
-    assert x.shape == (20, 3, 8, 8) and x.dtype == torch.uint8  # every PNG and JPEG, in every sub-folder
+    dm = instantiate(cfg.data)
+    x = dm.prepare()
+    assert len(x) + len(dm.heldout) == 20 and len(dm.heldout) == 2  # every PNG and JPEG, in every sub-folder
+    assert x.shape[1:] == (3, 8, 8) and x.dtype == torch.uint8
     train_and_check(cfg, tmp_path / "run", channels=3)
 
 
 def test_decoded_once_then_read_from_the_datasets_cache(tmp_path):
     local = save_hub_copy(tmp_path / "ds", n=12)
     args = {"name": str(local), "resolution": 8, "channels": 3, "batch_size": 4, "flip": False}
+    args["holdout"] = 0  # all 12 images train: this test is about the decoding cache
     first = HubDataModule(**args).prepare()
     assert first.dtype == torch.uint8 and first.shape == (12, 3, 8, 8)
     (cache,) = local.glob("cache-*.arrow")
@@ -138,6 +154,7 @@ def test_decoded_once_then_read_from_the_datasets_cache(tmp_path):
 def test_image_folder_is_cached_too(tmp_path):
     folder = write_image_folder(tmp_path / "pictures", n=6)
     first = ImageFolderDataModule(path=str(folder), resolution=8, channels=3, batch_size=2, flip=False).prepare()
+    assert len(first) == 5
     caches = sorted(p.name for p in (tmp_path / "hf-datasets").rglob("cache-*.arrow"))
     assert len(caches) == 1
     again = ImageFolderDataModule(path=str(folder), resolution=8, channels=3, batch_size=2, flip=False).prepare()
@@ -151,7 +168,7 @@ def test_decoding_resizes_short_side_and_centre_crops(tmp_path):
     img[:, :8], img[:, 8:24], img[:, 24:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
     features = datasets.Features({"image": datasets.Image()})
     datasets.Dataset.from_dict({"image": [Image.fromarray(img)]}, features=features).save_to_disk(str(tmp_path / "d"))
-    x = HubDataModule(name=str(tmp_path / "d"), resolution=8, channels=3, batch_size=1, flip=False).prepare()
+    x = HubDataModule(name=str(tmp_path / "d"), resolution=8, channels=3, batch_size=1, flip=False, holdout=0).prepare()
     assert x.shape == (1, 3, 8, 8)
     inner = x[0, :, :, 1:-1]  # bicubic resampling blends the outermost columns a little
     assert (inner[1] == 255).all() and (inner[0] == 0).all() and (inner[2] == 0).all()
@@ -246,3 +263,68 @@ def test_hub_check_is_bounded_even_when_the_resolver_hangs(monkeypatch):
     start = time.perf_counter()
     assert data._hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - start < 5
+
+
+def test_no_two_seed_epoch_pairs_share_a_data_order():
+    images = torch.arange(64, dtype=torch.uint8).view(64, 1, 1, 1)
+    orders = {}
+    for seed in range(8):
+        batches = StepBatches(images, 8, seed, step=lambda: 0)
+        for epoch in range(8):
+            orders[(seed, epoch)] = tuple(torch.cat([batches.batch_indices(epoch * 8 + k) for k in range(8)]).tolist())
+    assert len(set(orders.values())) == len(orders) == 64  # seed s's epoch e is never seed s+1's epoch e-1
+
+
+def tagged(n: int) -> torch.Tensor:
+    """n distinct 2x2 images whose pixels spell their index, so a batch says which images it holds."""
+    i = torch.arange(n)
+    return torch.stack([i // 256, i % 256, i // 256, i % 256], 1).to(torch.uint8).view(n, 1, 2, 2)
+
+
+def indices_of(batch: torch.Tensor) -> list[int]:
+    flat = batch.view(len(batch), -1).long()
+    return (flat[:, 0] * 256 + flat[:, 1]).tolist()
+
+
+class TaggedDigits(DigitsDataModule):
+    """The digits' own split, over images that name their index."""
+
+    def load_split(self):
+        images, held = super().load_split()
+        return tagged(len(images)), held
+
+
+def test_training_batches_never_hold_a_heldout_image():
+    _, held = digits_split(1797)
+    for seed in (0, 1, 2):
+        dm = TaggedDigits(resolution=16, channels=1, batch_size=64, flip=False, seed=seed)
+        dm.prepare()
+        assert sorted(indices_of(dm.heldout)) == sorted(held.tolist()) and len(dm.images) == 1797 - 360
+        loader = dm.train_dataloader()  # what the trainer iterates, here from step 0 of each of six epochs
+        seen, per_epoch = set(), len(loader)
+        for epoch in range(6):
+            loader.step = lambda e=epoch, n=per_epoch: e * n
+            for batch in loader:
+                seen.update(indices_of(batch))
+        assert not seen & set(held.tolist()) and len(seen) > 1400  # training images only, nearly all of them
+    # and the real digits: the training images are exactly the split's train part
+    real = DigitsDataModule(resolution=16, channels=1, batch_size=64, flip=False)
+    assert torch.equal(real.prepare(), digits_images(16)[real.train_index])
+    assert torch.equal(real.heldout, digits_images(16)[held])
+
+
+@pytest.mark.parametrize("holdout, expected", [(None, 50), (0.2, 100), (30, 30), (0, 0)])
+def test_holdout_count_or_fraction_of_hub_data(holdout, expected):
+    from diffexp.data import holdout_split
+
+    train, held = holdout_split(500, 0.1 if holdout is None else holdout)
+    assert len(held) == expected and len(train) == 500 - expected and not set(train.tolist()) & set(held.tolist())
+    assert torch.equal(holdout_split(500, 0.1 if holdout is None else holdout)[1], held)  # fixed by the data alone
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, 24])
+def test_bad_holdout_is_one_line(tmp_path, bad):
+    local = save_hub_copy(tmp_path / "ds", n=24)
+    with pytest.raises(ConfigError, match=r"data\.holdout=") as e:
+        HubDataModule(name=str(local), resolution=8, channels=3, batch_size=2, flip=False, holdout=bad).prepare()
+    assert "\n" not in str(e.value)

@@ -17,7 +17,11 @@ def test_default_recipe_gives_clear_digits_of_every_class(tmp_path):
     args = [f"run={run}", "samplers=[dpm_solver_sde]", "steps=[25]", "ddpm_steps=[]", "n=1000", "seed=123"]
     out = diffexp("evaluate", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    (row,) = csv.DictReader(next((run / "eval").glob("*.csv")).open())
-    # The digits net's mean top-class probability of 1000 samples, and every class within 5%-15% of them.
-    assert float(row["top_prob"]) >= 0.9, row
+    floor, row = csv.DictReader(next((run / "eval").glob("*.csv")).open())  # the real-data floor, then the samples
+    assert floor["sampler"].startswith("floor")
+    # The digits net's mean top-class probability of 1000 samples from each of 5 seeds, and every class within
+    # 5%-15% of them. top_prob is the full softmax's, "not a digit" included, which is lower than the old figure
+    # (renormalised over the 10 digits, target 0.9): measured 0.897 [0.893, 0.900] (2026-11-29, held-out split).
+    assert float(row["top_prob"]) >= 0.88 and float(row["not_digit"]) < 0.01, row
     assert 0.05 <= float(row["class_min"]) <= float(row["class_max"]) <= 0.15, row
+    assert float(row["memorised"]) < 0.01, row  # no copies of training digits (measured 0.04%)

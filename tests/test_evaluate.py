@@ -20,6 +20,7 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
         "ddpm_steps=[4]",
         "n=64",
         "eval.reference_size=100",
+        "eval.seeds=2",
         "threads=1",
     ]
     first = evaluate(compose_train(args, tmp_path / "evaluate", name="evaluate"))
@@ -28,10 +29,21 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
 
     assert first != second and first.read_bytes() == before  # a new file; the first one untouched
     assert first.with_suffix(".md").exists() and first.with_suffix(".png").stat().st_size > 0
-    rows = [list(csv.DictReader(path.open())) for path in (first, second)]
+    assert first.with_name(f"{first.stem}-nearest.png").stat().st_size > 0
+    tables = [list(csv.DictReader(path.open())) for path in (first, second)]
+    floor, rows = tables[0][0], [t[1:] for t in tables]
+    assert floor["sampler"].startswith("floor") and float(floor["fid"]) > 0 and floor["n_fake"] == "64"
     settings = {(r["sampler"], int(r["steps"])) for r in rows[0]}
     assert settings == {("ddim", 2), ("ddim", 3), ("dpm_solver_sde", 2), ("dpm_solver_sde", 3), ("ddpm", 4)}
     assert all(math.isfinite(float(r["fid"])) and float(r["fid"]) > 0 for r in rows[0])
     assert all(0.1 <= float(r["top_prob"]) <= 1 and float(r["class_min"]) <= float(r["class_max"]) for r in rows[0])
+    for r in rows[0]:  # every figure with its interval, against the held-out images, with its counts
+        assert float(r["fid_lo"]) < float(r["fid"]) < float(r["fid_hi"]) and float(r["fid_std"]) > 0
+        for name in ("kid", "precision", "recall", "top_prob"):
+            assert float(r[f"{name}_lo"]) <= float(r[name]) <= float(r[f"{name}_hi"]), name
+        assert (r["reference"], r["n_real"], r["n_fake"], r["n_seeds"]) == ("heldout", "100", "64", "2")
+        assert 0 <= float(r["memorised"]) <= 1 and r["memorised_heldout"] != ""
+    md = first.with_suffix(".md").read_text()
+    assert "FID (95% CI)" in md and "floor: real training images" in md and "held-out images" in md
     # Same seed, same figures: the stochastic samplers' step noise is seeded too.
     assert [r["fid"] for r in rows[0]] == [r["fid"] for r in rows[1]]

@@ -135,6 +135,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
             "eval.every_n_steps=2",
             "eval.reference_size=200",
             "eval.sampler_steps=2",
+            "eval.seeds=3",
         )
     )
     folder = tmp_path / "run"
@@ -143,14 +144,47 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     assert [h["step"] for h in history] == [2, 4]
     assert all(h["feature_net"] == "digits" and h["n_fake"] == 64 and h["n_real"] == 200 for h in history)
     assert all(h["sampler"] == "dpm_solver_sde" and h["sampler_steps"] == 2 for h in history)
+    assert all(h["reference"] == "heldout" for h in history)
     assert metrics["eval"] == history[-1] and final == history[-1]["fid"]
     assert metrics["eval_best"]["fid"] == min(h["fid"] for h in history)
+    # In training one sampling seed; the final evaluation eval.seeds of them, FID's interval from their spread.
+    assert history[0]["n_seeds"] == 1 and history[0]["fid_std"] is None and history[0]["fid_ci"] is None
+    last = metrics["eval"]
+    assert last["n_seeds"] == 3 and last["fid_std"] > 0 and last["fid_ci"][0] < last["fid"] < last["fid_ci"][1]
+    for name in ("kid", "precision", "recall", "top_prob"):
+        assert last[f"{name}_ci"][0] <= last[name] <= last[f"{name}_ci"][1], name
+    assert set(last["floor"]) >= {"fid", "kid", "precision", "recall"} and last["floor"]["n"] == 64
+    assert 0 <= last["memorised"] <= 1 and 0 <= last["memorised_heldout"] < 0.05 and 0 <= last["not_digit"] <= 1
+    assert (folder / "plots" / "nearest.png").stat().st_size > 0
     assert (folder / "checkpoints" / "best.ckpt").exists()
     best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["global_step"] == metrics["eval_best"]["step"]
     logged = (folder / "csv" / "metrics.csv").read_text().splitlines()
     assert "eval/fid" in logged[0] and "eval/top_prob" in logged[0] and "train/loss" in logged[0]
+    assert "eval/memorised" in logged[0] and "eval/not_digit" in logged[0] and "eval/floor_fid" in logged[0]
     assert all(0 < h["top_prob"] <= 1 and 0 <= h["class_min"] <= h["class_max"] <= 1 for h in history)
+    card = (folder / "pipeline" / "README.md").read_text()
+    assert "held-out images the model never trained on" in card and "Memorised:" in card and "the floor" in card
+
+
+def test_evaluation_leaves_the_training_rng_alone(tiny_cfg, tmp_path):
+    """eval=none and eval=digits train the same model: same initial weights, same losses at every step."""
+    run(tiny_cfg("data.resolution=16", run_dir=tmp_path / "none"))
+    run(
+        tiny_cfg(
+            "data.resolution=16",
+            "eval=digits",
+            "eval.n_samples=64",
+            "eval.every_n_steps=2",
+            "eval.sampler_steps=2",
+            "eval.seeds=1",
+            run_dir=tmp_path / "digits",
+        )
+    )
+    assert _losses(tmp_path / "digits") == _losses(tmp_path / "none")
+    first = [torch.load(tmp_path / r / "checkpoints/last.ckpt", weights_only=True) for r in ("none", "digits")]
+    for a, b in zip(first[0]["state_dict"].values(), first[1]["state_dict"].values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def _losses(folder) -> list[float]:

@@ -1,0 +1,207 @@
+"""Scoring against images no model trained on: the held-out reference, the real-data floor, memorisation.
+
+`Reference.build` takes a dataset's training and held-out images (`ImageDataModule.prepare`), computes the feature
+net's features of the held-out reference set and of the training images once (cached on disk, named by the
+images' hash and the net's checksum), and calibrates the memorisation threshold on the held-out images. Its `score`
+turns sample sets from several sampling seeds into one record (metrics.json `eval`, the evaluate tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffexp.errors import ConfigError
+from diffexp.features import PIXEL_SPACE, pixel_space
+from diffexp.metrics import (
+    MEMORISED_FACTOR,
+    fid,
+    kid,
+    memorisation_threshold,
+    nearest,
+    precision_recall,
+    reference_indices,
+    score,
+)
+
+FLOOR_TRAIN_MAX = 10_000  # training images whose features are cached for the floor (the floor's largest count)
+
+
+@dataclass
+class Reference:
+    """What evaluation scores samples against (see the module docstring)."""
+
+    real: Tensor  # feature-net features of the held-out reference images `[n_real, D]`
+    train_feats: Tensor  # feature-net features of training images (a fixed seed-0 subset), for the floor
+    train_images: Tensor  # every training image, uint8 (memorisation: the nearest one, shown beside a sample)
+    threshold: float  # memorisation: a sample nearer than this to a training image (pixel space) is flagged
+    memorised_heldout: float  # the share of held-out images the same rule flags
+    net: object
+    cache: Path
+    kid_subset_size: int = 100
+    floors: dict = field(default_factory=dict)
+    train_pixels: Tensor | None = None  # the training images in the memorisation space
+
+    @classmethod
+    def build(
+        cls,
+        train: Tensor,
+        heldout: Tensor,
+        net,
+        key: str,
+        cache_dir: Path,
+        reference_size: int | None = None,
+        kid_subset_size: int = 100,
+    ) -> Reference:
+        """The reference of one dataset and feature net (features cached on disk).
+
+        Args:
+            train: the training images, uint8 `[N, C, H, W]`.
+            heldout: the held-out images, uint8.
+            net: a feature net from `diffexp.features.load_feature_net` (`features`, `name`, `checksum`).
+            key: names the dataset in the cache file name, e.g. `digits` or a Hub name.
+            cache_dir: where the cache files go.
+            reference_size: held-out images in the reference set (the first of a seed-0 permutation); None = all.
+            kid_subset_size: KID subset size, for the floor as for the samples.
+        """
+        if len(heldout) < 4:
+            raise ConfigError(
+                f"the data holds out {len(heldout)} images, too few to score against (at least 4): raise "
+                f"data.holdout (e.g. 0.1), or use eval=none"
+            )
+        chosen = heldout[reference_indices(len(heldout), reference_size or len(heldout))].cpu().contiguous()
+        floor_train = train[reference_indices(len(train), FLOOR_TRAIN_MAX)].cpu().contiguous()
+        digest = hashlib.sha256(chosen.numpy().tobytes() + floor_train.numpy().tobytes()).hexdigest()[:12]
+        safe_key = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "data"
+        name = f"{safe_key}-{chosen.shape[-1]}px-held{len(chosen)}-train{len(floor_train)}-{net.name}-"
+        path = Path(cache_dir).expanduser() / f"{name}{str(net.checksum)[:12]}-{digest}.safetensors"
+        real, train_feats = _cached_features(path, net, {"real": chosen, "train": floor_train}, key)
+        train_pixels = pixel_space(train.cpu(), shifts=False).squeeze(1)
+        held_dist, _ = nearest(pixel_space(heldout.cpu()), train_pixels)
+        threshold = memorisation_threshold(held_dist)
+        return cls(
+            real,
+            train_feats,
+            train.cpu(),
+            threshold,
+            float((held_dist < threshold).double().mean()),
+            net,
+            path,
+            kid_subset_size,
+            train_pixels=train_pixels,
+        )
+
+    def floor(self, n: int) -> dict:
+        """FID, KID, precision and recall of `n` training images against the reference (what a model that draws
+        real images would score at that sample count); computed once per count and cached beside the features."""
+        n = min(n, len(self.train_feats))
+        if n in self.floors:
+            return self.floors[n]
+        sidecar = self.cache.with_suffix(".floor.json")
+        saved = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        if str(n) not in saved:
+            train = self.train_feats[:n]
+            p, r = precision_recall(self.real, train)
+            figures = {"fid": fid(self.real, train), "kid": kid(self.real, train, self.kid_subset_size)[0]}
+            saved[str(n)] = figures | {"precision": p, "recall": r, "n": n}
+            _atomic_json(sidecar, saved)
+        self.floors[n] = saved[str(n)]
+        return self.floors[n]
+
+    def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
+        """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
+        if self.train_pixels is None:
+            self.train_pixels = pixel_space(self.train_images, shifts=False).squeeze(1)
+        return nearest(pixel_space(samples.cpu()), self.train_pixels)
+
+    def score(self, image_sets: list[Tensor], seed: int = 0) -> tuple[dict, tuple[Tensor, Tensor, Tensor]]:
+        """The record of samples from one or more sampling seeds (uint8 `[n, C, H, W]` each): metrics with their
+        intervals (`diffexp.metrics.score`), the floor at the same count, and the memorisation figures.
+
+        Returns the record and, for `plot_nearest`, the samples of the first seed with their nearest-image distances
+        and indices.
+        """
+        feats, probs = zip(*(self.net.features_and_probs(images) for images in image_sets), strict=True)
+        figures = score(
+            self.real,
+            list(feats),
+            self.net.name,
+            self.kid_subset_size,
+            seed=seed,
+            fake_probs=None if probs[0] is None else list(probs),
+            classes=getattr(self.net, "classes", None),
+        )
+        dist, index = self.memorised(torch.cat(list(image_sets)))
+        figures |= {
+            "reference": "heldout",
+            "floor": self.floor(len(image_sets[0])),
+            "memorised": float((dist < self.threshold).double().mean()),
+            "memorised_heldout": self.memorised_heldout,
+            "memorised_space": PIXEL_SPACE,
+            "memorised_threshold": self.threshold,
+            "memorised_factor": MEMORISED_FACTOR,
+        }
+        first = len(image_sets[0])
+        return figures, (image_sets[0], dist[:first], index[:first])
+
+
+def _cached_features(path: Path, net, images: dict[str, Tensor], key: str) -> tuple[Tensor, ...]:
+    from safetensors.torch import load_file, save_file
+
+    if path.exists():
+        saved = load_file(str(path))
+        return tuple(saved[k] for k in images)
+    feats = {k: net.features(v).contiguous() for k, v in images.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(feats, str(tmp), metadata={"key": key, "feature_net": net.name, "reference": "heldout"})
+    tmp.replace(path)  # atomic: parallel sweep jobs never read a half-written file
+    return tuple(feats.values())
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def plot_nearest(
+    samples: Tensor, train: Tensor, dist: Tensor, index: Tensor, threshold: float, path: Path, pairs: int = 16
+) -> Path:
+    """The `pairs` samples nearest to a training image, each beside that image, with the distance; a red title
+    marks a sample under the memorisation threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = dist.argsort()[: min(pairs, len(dist))]
+    cols = 4
+    rows = -(-len(order) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.1, rows * 1.35), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(order.tolist()):
+        ax_s, ax_t = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        for ax, img in ((ax_s, samples[i]), (ax_t, train[index[i]])):
+            shown = img.permute(1, 2, 0).numpy()
+            ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=255)
+        copied = float(dist[i]) < threshold
+        ax_s.set_title(f"d={float(dist[i]):.2f}", fontsize=7, color="red" if copied else "black")
+        ax_t.set_title("train", fontsize=7)
+    fig.suptitle(
+        f"samples (left) beside their nearest training image; red: below the copy threshold {threshold:.2f}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
