@@ -10,10 +10,13 @@ them). The memorisation figure compares each sample's nearest training image wit
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 from torch import Tensor
 
 from diffexp.errors import ConfigError
+from diffexp.stats import mean_interval
 
 REFERENCE_SEED = 0
 BOOTSTRAP = 200  # resamples behind each bootstrap interval
@@ -159,20 +162,6 @@ def class_figures(probs: Tensor, classes: int | None = None) -> dict:
     return out
 
 
-def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float | None, list[float] | None]:
-    """Mean, standard deviation (n - 1) and the t interval of the mean of independent repeats (sampling seeds);
-    std and interval are None for a single value."""
-    from scipy.stats import t
-
-    x = torch.tensor(values, dtype=torch.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, None, None
-    std = float(x.std())
-    half = float(t.ppf(0.5 + level / 2, len(x) - 1)) * std / len(x) ** 0.5
-    return mean, std, [mean - half, mean + half]
-
-
 def _percentile_ci(point: float, boots: Tensor, full: float, level: float = 0.95) -> list[float]:
     """The bootstrap interval of `point`: the resamples' quantiles, shifted by however far `point` lies from the
     statistic the resamples were drawn around (0 where they are the same statistic)."""
@@ -289,8 +278,12 @@ def score(
         boot["kid"].append(_mmd_resampled(k_ff, k_rr, k_fr, w_f, w_r))
         boot["precision"].append(_weighted_mean(inside, w_f))
         boot["recall"].append(_weighted_mean(covered, w_r))
-    fid_mean, fid_std, fid_ci = mean_interval(per_seed["fid"])
-    out = {"fid": fid_mean, "fid_std": fid_std, "fid_ci": fid_ci}
+    interval = mean_interval(per_seed["fid"])  # None with one seed: one figure has no spread
+    out = {
+        "fid": statistics.fmean(per_seed["fid"]),
+        "fid_std": statistics.stdev(per_seed["fid"]) if interval else None,
+        "fid_ci": list(interval[1:]) if interval else None,
+    }
     mean = {name: sum(v) / len(v) for name, v in per_seed.items()}
     full = {"kid": sum(full_kid) / len(full_kid), "precision": mean["precision"], "recall": mean["recall"]}
     for name in ("kid", "precision", "recall"):

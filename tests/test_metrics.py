@@ -23,11 +23,11 @@ from diffexp.metrics import (
     class_figures,
     fid,
     kid,
-    mean_interval,
     precision_recall,
     reference_indices,
     score,
 )
+from diffexp.stats import mean_interval
 
 torch.set_num_threads(2)
 
@@ -176,7 +176,9 @@ def test_bootstrap_intervals_cover_the_spread_of_fresh_samples(feats):
             f"{name}: spread over {len(sets)} sets {values.std():.4f}, mean 95% width / 3.92 {widths.mean() / 3.92:.4f}"
         )
         assert 0.4 < float(widths.mean() / 3.92 / values.std()) < 2.5, (values, widths)
-    assert mean_interval([1.0]) == (1.0, None, None)
+    assert mean_interval([1.0]) is None  # one figure has no spread
+    mean, lo, hi = mean_interval([4.9, 5.0, 5.1])
+    assert mean == pytest.approx(5.0) and hi - mean == pytest.approx(4.303 * 0.1 / 3**0.5, rel=1e-3) and lo < mean
 
 
 def test_class_figures_use_the_full_softmax_and_count_non_digits(net, halves):
