@@ -134,9 +134,12 @@ class Evaluate(pl.Callback):
         seed: int = 1,
         seeds: int = 1,
         nearest: Path | None = None,
+        monitor: str = "fid",
+        higher_is_better: bool = False,
     ) -> None:
         self.reference, self.sampler, self.n_samples, self.every_n_steps = reference, sampler, n_samples, every_n_steps
         self.seed, self.seeds, self.nearest = seed, seeds, nearest
+        self.monitor, self.higher_is_better = monitor, higher_is_better  # ema=posthoc chooses its width by these
         self.history: list[dict] = []
 
     def due(self, trainer: pl.Trainer) -> bool:
@@ -148,7 +151,15 @@ class Evaluate(pl.Callback):
             return
         start = time.perf_counter()
         final = trainer.global_step == trainer.max_steps
-        figures = self.score(pl_module, self.seeds if final else 1, final) if trainer.is_global_zero else None
+        figures = None
+        if trainer.is_global_zero:
+            seeds = self.seeds if final else 1
+            if getattr(pl_module.ema, "eval_sigma_rel", None):  # ema=posthoc: choose the width, report it apart
+                from diffexp.posthoc import choose_and_score
+
+                figures = choose_and_score(self, pl_module, seeds, final, self.monitor, self.higher_is_better)
+            else:
+                figures = self.score(pl_module, seeds, final)
         figures = trainer.strategy.broadcast(figures, src=0)
         for name in self.LOGGED:
             if figures.get(name) is not None:  # class figures come with classifier feature nets (digits) only
@@ -164,13 +175,15 @@ class Evaluate(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
 
-    def score(self, pl_module, seeds: int = 1, picture: bool = False) -> dict:
-        """The record of `seeds` sampling seeds (`self.seed`, `self.seed + 1`, ...); `picture` writes `nearest`."""
+    def score(self, pl_module, seeds: int = 1, picture: bool = False, first: int | None = None) -> dict:
+        """The record of `seeds` sampling seeds (`first`, default `self.seed`, then `+ 1`, ...); `picture` writes
+        `nearest`."""
         from diffexp.heldout import plot_nearest
 
+        first = self.seed if first is None else first
         self.reference.net.to(pl_module.device)
-        images = [pl_module.sample_images(self.sampler, self.n_samples, self.seed + i) for i in range(seeds)]
-        figures, (samples, dist, index) = self.reference.score([x.cpu() for x in images], seed=self.seed)
+        images = [pl_module.sample_images(self.sampler, self.n_samples, first + i) for i in range(seeds)]
+        figures, (samples, dist, index) = self.reference.score([x.cpu() for x in images], seed=first)
         if picture and self.nearest is not None:
             ref = self.reference
             plot_nearest(samples, ref.train_images, dist, index, ref.threshold, self.nearest)

@@ -187,6 +187,11 @@ def _load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
     weights = {k.removeprefix("unet."): v for k, v in state["state_dict"].items() if k.startswith("unet.")}
     unet.load_state_dict(weights)
     if "ema" in state:
-        for p, shadow in zip(unet.parameters(), state["ema"]["shadow_params"], strict=True):
+        shadows = state["ema"].get("shadow_params")
+        if state["ema"].get("kind") == "posthoc":  # the width in use, reconstructed from the run's snapshots
+            from diffexp.posthoc import checkpoint_average
+
+            shadows = checkpoint_average(state["ema"], folder / "ema", [n for n, _ in unet.named_parameters()])
+        for p, shadow in zip(unet.parameters(), shadows, strict=True):
             p.data.copy_(shadow)
     return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt)

@@ -97,6 +97,9 @@ class Ema:
     _target_: str
     _partial_: bool
     sigma_rel: float
+    sigma_rels: Optional[list[float]] = None  # ema=posthoc's keys
+    snapshot_every: Optional[int] = None
+    eval_sigma_rel: Optional[list[float]] = None
 
 
 @dataclass

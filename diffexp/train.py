@@ -29,6 +29,7 @@ from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
+from diffexp.posthoc import Snapshots, check_posthoc
 from diffexp.run_folder import (
     atomic_write_text,
     check_current_keys,
@@ -81,6 +82,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"ema={dict(cfg.ema)}: not an EMA; choose an option of the group, ema=power or ema=none")
     if cfg.ema and "sigma_rel" in cfg.ema:
         check_sigma_rel(cfg.ema.sigma_rel)
+    if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc
+        check_posthoc(cfg.ema)
     if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:
         raise ConfigError(f"loss.snr_gamma={cfg.loss.snr_gamma}: use a positive gamma (e.g. 5) or null")
     if cfg.schedule.rescale_betas_zero_snr and cfg.schedule.prediction_type == "epsilon":
@@ -178,6 +181,8 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
 
     losses = LossHistory(run_dir / "losses.csv")
     callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
+    if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc: its snapshots in RUN/ema/
+        callbacks.append(Snapshots(run_dir / "ema", module.ema, cfg.data.batch_size))
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
     trainer = instantiate(
         cfg.trainer,
@@ -266,6 +271,8 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         seed=cfg.seed + 1,
         seeds=cfg.eval.seeds,
         nearest=run_dir / "plots" / "nearest.png" if rank() == 0 else None,
+        monitor=cfg.eval.monitor or "fid",
+        higher_is_better=cfg.eval.monitor in HIGHER_IS_BETTER,
     )
 
 
