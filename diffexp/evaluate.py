@@ -4,10 +4,15 @@
 `.md`, `.png` and `<name>-nearest.png`; a second evaluation never overwrites the first. Every setting is scored
 against the dataset's held-out images over `eval.seeds` sampling seeds (`seed`, `seed + 1`, ...), each figure with
 its 95% interval; the table's first row is the real-data floor (training images against the same held-out images).
+
+`ema_sigma_rel=[0.02,0.05,0.1,0.2]` (runs trained with `ema=posthoc`) instead reconstructs the EMA of each width at
+the final step and scores each with the run's own evaluation sampler: `DIR/eval/ema_sigma_rel-...` table, plot of
+FID against the width, and a `.json` of each width's record (which `diffexp-export ema_sigma_rel=X` puts on its card).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -103,6 +108,15 @@ def flat_row(figures: dict) -> dict:
     return row
 
 
+def sample_seeds(unet, scheduler, name: str, steps: int, n: int, cfg: DictConfig, device) -> list[torch.Tensor]:
+    """`n` uint8 samples from each of `eval.seeds` seeds (`seed`, `seed + 1`, ...)."""
+    images = []
+    for k in range(cfg.eval.seeds):
+        noise, generator = seeded_noise(n, unet.config.in_channels, unet.config.sample_size, cfg.seed + k, device)
+        images.append(to_uint8(Sampler(name, steps)(unet, scheduler, noise, generator=generator)).cpu())
+    return images
+
+
 def run(cfg: DictConfig) -> Path:
     from diffexp.features import load_feature_net
 
@@ -110,6 +124,9 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError("eval=none has no metric to evaluate: use eval=digits or eval=inception")
     if cfg.eval.seeds < 1:
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
+    widths = cfg.get("ema_sigma_rel")
+    if widths is not None and (isinstance(widths, int | float | str) or len(widths)):
+        return evaluate_widths(cfg)
     n = cfg.n or cfg.eval.n_samples
     grid = {name: list(cfg.steps) for name in cfg.samplers}
     if cfg.ddpm_steps:
@@ -138,12 +155,7 @@ def run(cfg: DictConfig) -> Path:
     for name, steps_list in grid.items():
         for steps in steps_list:
             start = time.perf_counter()
-            images = []
-            for k in range(cfg.eval.seeds):
-                noise, generator = seeded_noise(
-                    n, unet.config.in_channels, unet.config.sample_size, cfg.seed + k, device
-                )
-                images.append(to_uint8(Sampler(name, steps)(unet, loaded.scheduler, noise, generator=generator)).cpu())
+            images = sample_seeds(unet, loaded.scheduler, name, steps, n, cfg, device)
             seconds = time.perf_counter() - start
             figures, nearest = reference.score(images, seed=cfg.seed)
             pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
@@ -169,6 +181,88 @@ def run(cfg: DictConfig) -> Path:
         f.write(note)
     print(path.with_suffix(".md").read_text())
     return path
+
+
+def evaluate_widths(cfg: DictConfig) -> Path:
+    """Each of `ema_sigma_rel`, reconstructed from a post-hoc run's snapshots at its final step, scored with the
+    run's evaluation sampler against the held-out images; a table, a plot against the width, a JSON record."""
+    from diffexp.features import load_feature_net
+    from diffexp.posthoc import check_sigma_rel_setting, list_snapshots, load_width
+
+    widths = [cfg.ema_sigma_rel] if isinstance(cfg.ema_sigma_rel, int | float | str) else list(cfg.ema_sigma_rel)
+    for w in widths:
+        check_sigma_rel_setting(w, "ema_sigma_rel")
+    run_dir = Path(cfg.run).expanduser()
+    if not list_snapshots(run_dir / "ema"):
+        raise ConfigError(
+            f"ema_sigma_rel: {run_dir / 'ema'} holds no EMA snapshots (only runs trained with ema=posthoc have "
+            f"them): drop ema_sigma_rel, or train with ema=posthoc"
+        )
+    device = pick_device(cfg.device)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    loaded = load_run(run_dir)
+    unet = loaded.unet.to(device)
+    run_eval = loaded.config.get("eval") or {}
+    name, steps = run_eval.get("sampler") or cfg.eval.sampler, run_eval.get("sampler_steps") or cfg.eval.sampler_steps
+    n = cfg.n or cfg.eval.n_samples
+    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size).to(device)
+    check_sample_count(n, net.num_features, cfg.eval.net)
+    reference = reference_for(loaded, net, cfg)
+    floor = reference.floor(n)
+    rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
+    records, pictures = {}, []
+    for w in widths:
+        start = time.perf_counter()
+        held = load_width(unet, run_dir, float(w))
+        figures, nearest = reference.score(sample_seeds(unet, loaded.scheduler, name, steps, n, cfg, device), cfg.seed)
+        figures |= {"sampler": name, "sampler_steps": steps} | held
+        records[f"{float(w):g}"] = figures
+        pictures.append((figures["memorised"], float(w), nearest))
+        seconds = round(time.perf_counter() - start, 2)
+        rows.append({"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures), "seconds": seconds})
+        log.info("ema_sigma_rel %g: fid %.3f %s", w, figures["fid"], figures["fid_ci"])
+    tag = "_".join(f"{float(w):g}" for w in widths)
+    stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
+    path = free_path(run_dir / "eval", stem, ".csv")
+    write_table(rows, ["ema_sigma_rel", *COLUMNS], path, ["ema_sigma_rel", *MD_COLUMNS])
+    path.with_suffix(".json").write_text(json.dumps({"ema_sigma_rel": records}, indent=1, default=str) + "\n")
+    plot_widths(rows[1:], path.with_suffix(".png"), f"{cfg.eval.net} FID, {name}-{steps}, {n} x {cfg.eval.seeds}")
+    _, shown, (samples, dist, index) = max(pictures, key=lambda p: p[0])
+    picture = path.with_name(f"{path.stem}-nearest-{shown:g}.png")
+    plot_nearest(samples, reference.train_images, dist, index, reference.threshold, picture)
+    with path.with_suffix(".md").open("a") as f:
+        f.write(
+            f"\nEMA of each width reconstructed from {held['snapshots']} snapshots at step {held['step']}; against "
+            f"{len(reference.real)} held-out images, intervals 95% (FID: t over {cfg.eval.seeds} sampling seeds). "
+            f"{picture.name} shows width {shown:g}.\n"
+        )
+    print(path.with_suffix(".md").read_text())
+    return path
+
+
+def plot_widths(rows: list[dict], path: Path, title: str) -> None:
+    """FID against the post-hoc EMA width, with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["ema_sigma_rel"])
+    x = [r["ema_sigma_rel"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(x, [r["fid"] for r in rows], marker="o")
+    if all(r.get("fid_lo") is not None for r in rows):
+        ax.fill_between(x, [r["fid_lo"] for r in rows], [r["fid_hi"] for r in rows], alpha=0.2, label="95% interval")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("EMA width sigma_rel (post-hoc reconstruction)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot_quality(rows: list[dict], path: Path, title: str) -> None:

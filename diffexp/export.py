@@ -1,6 +1,8 @@
 """Export: a run's weights as a diffusers `DDPMPipeline` folder with a model card, optionally pushed to the Hub.
 
-`python -m diffexp.export run=DIR [out=FOLDER] [push_to_hub=true repo_id=user/name]`
+`python -m diffexp.export run=DIR [out=FOLDER] [push_to_hub=true repo_id=user/name]`; `ema_sigma_rel=X` (runs trained
+with `ema=posthoc`) exports the EMA of width X reconstructed from the run's snapshots, by default into
+`DIR/pipeline-ema_sigma_rel-X`, with that width's own figures on the card (or a line saying it is unscored).
 """
 
 from __future__ import annotations
@@ -95,6 +97,33 @@ def quality(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def posthoc_note(posthoc: dict, ev: dict) -> str:
+    """What a post-hoc EMA export holds, and whether the figures below are that width's own."""
+    if not posthoc:
+        return ""
+    line = (
+        f"These weights are the EMA of relative width sigma_rel {posthoc['ema_sigma_rel']:g}, reconstructed after "
+        f"training (EDM2's post-hoc EMA) from {posthoc['snapshots']} snapshots, at step {posthoc['step']}. "
+    )
+    if not ev:
+        return line + "This width is unscored: `diffexp-evaluate run=RUN ema_sigma_rel=[...]` scores it.\n\n"
+    return line + f"The figures below are this width's own ({posthoc['scored_by']}).\n\n"
+
+
+def width_figures(run_dir: Path, record: dict, sigma_rel: float) -> tuple[dict, str | None]:
+    """The figures scored for the post-hoc width `sigma_rel`: the newest `diffexp-evaluate ema_sigma_rel=` record
+    holding it, else the final in-training evaluation where it chose that width; ({}, None) when unscored."""
+    key = f"{float(sigma_rel):g}"
+    for path in sorted((run_dir / "eval").glob("ema_sigma_rel-*.json"), key=lambda p: p.stat().st_mtime)[::-1]:
+        found = json.loads(path.read_text()).get("ema_sigma_rel", {}).get(key)
+        if found:
+            return found, f"diffexp-evaluate, eval/{path.name}"
+    ev = record.get("eval") or {}
+    if ev.get("ema_sigma_rel") is not None and float(ev["ema_sigma_rel"]) == float(sigma_rel):
+        return ev, "the final in-training evaluation, which chose this width"
+    return {}, None
+
+
 def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
     """The Hub's model card conventions: YAML header, usage, the recipe and its figures."""
     choices = config.get("choices", {})
@@ -111,8 +140,11 @@ def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
             "seed": config.get("seed"),
         }
     )
-    figures = {k: v for k, v in metrics.items() if k not in ("environment", "recipe") and not isinstance(v, dict)}
     ev = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
+    posthoc = metrics.get("posthoc") or {}
+    if posthoc or ev.get("ema_sigma_rel") is not None:  # ema=posthoc: the width the weights hold
+        recipe["ema_sigma_rel"] = posthoc.get("ema_sigma_rel", ev.get("ema_sigma_rel"))
+    figures = {k: v for k, v in metrics.items() if k not in ("environment", "recipe") and not isinstance(v, dict)}
     figures.update({k: v for k, v in ev.items() if not isinstance(v, list | dict)})
     return CARD.format(
         title=repo.split("/")[-1],
@@ -123,7 +155,7 @@ def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
         grid="\n![samples](samples.png)\n" if has_grid else "",
         repo=repo,
         recipe=_table(recipe),
-        quality=quality(ev),
+        quality=posthoc_note(posthoc, ev) + quality(ev),
         figures=_table(figures),
     )
 
@@ -153,15 +185,25 @@ def run(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run).expanduser()
     if cfg.push_to_hub and not cfg.repo_id:
         raise ConfigError("push_to_hub=true needs repo_id=<user>/<name>: add it")
+    width = cfg.get("ema_sigma_rel")
+    if width is not None:
+        from diffexp.posthoc import check_sigma_rel_setting, load_width
+
+        check_sigma_rel_setting(width, "ema_sigma_rel")
     loaded = load_run(run_dir)
-    out = Path(cfg.out).expanduser() if cfg.out else run_dir / "pipeline"
+    metrics = read_metrics(run_dir)
+    default_out = run_dir / ("pipeline" if width is None else f"pipeline-ema_sigma_rel-{float(width):g}")
+    out = Path(cfg.out).expanduser() if cfg.out else default_out
+    if width is not None:
+        held = load_width(loaded.unet, run_dir, float(width))
+        figures, scored_by = width_figures(run_dir, metrics, float(width))
+        metrics = metrics | {"eval": figures, "posthoc": held | {"scored_by": scored_by}}
     if out.exists() and not (out / "diffexp_config.json").exists() and out.resolve() != loaded.source.resolve():
         raise ConfigError(f"out={out} already holds something that is not a diffexp export: choose another out=")
     if out.resolve() != loaded.source.resolve():
         grids = sorted((run_dir / "samples").glob("step_*.png"))
-        export_pipeline(
-            loaded.unet, loaded.scheduler, out, loaded.config, read_metrics(run_dir), grids[-1] if grids else None
-        )
+        grid = grids[-1] if grids and width is None else None  # the previews show the run's own width
+        export_pipeline(loaded.unet, loaded.scheduler, out, loaded.config, metrics, grid)
         log.info("exported %s", out)
     if cfg.push_to_hub:
         push(out, cfg.repo_id, cfg.private)

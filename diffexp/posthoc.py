@@ -37,8 +37,10 @@ def check_posthoc(ema) -> None:
     widths = [float(w) for w in ema.sigma_rels]
     if len(widths) < 2 or len(set(widths)) != len(widths):
         raise ConfigError(f"ema.sigma_rels={widths}: track at least two distinct widths, e.g. [0.05,0.10] (EDM2's)")
-    for w in [*widths, *ema.eval_sigma_rel, ema.sigma_rel]:
-        check_sigma_rel(float(w))
+    for setting, values in (("ema.sigma_rels", widths), ("ema.eval_sigma_rel", ema.eval_sigma_rel)):
+        for w in values:
+            check_sigma_rel_setting(w, setting)
+    check_sigma_rel(ema.sigma_rel)
     if not ema.eval_sigma_rel:
         raise ConfigError("ema.eval_sigma_rel=[]: give the widths in-training evaluation chooses from, e.g. [0.05,0.1]")
     if ema.snapshot_every < 1:
@@ -95,8 +97,14 @@ class PostHocEMA:
             if t == 0:  # before the first step every profile is the initial weights
                 return {w: self.profiles[0].shadow_params for w in widths}
             earlier = [(s, p) for s, p in list_snapshots(self.folder) if s < t] if self.folder else []
-            current = (t, {f"{k}/{n}": v for k, prof in enumerate(self.profiles) for n, v in zip(
-                self.names, prof.shadow_params, strict=True)})
+            current = (
+                t,
+                {
+                    f"{k}/{n}": v
+                    for k, prof in enumerate(self.profiles)
+                    for n, v in zip(self.names, prof.shadow_params, strict=True)
+                },
+            )
             found = reconstruct([*earlier, current], self.sigma_rels, missing, t)
             device = self.profiles[0].shadow_params[0].device
             for w, tensors in found.items():
@@ -169,8 +177,11 @@ def write_snapshot(folder: Path, step: int, ema: PostHocEMA) -> Path:
         for k, profile in enumerate(ema.profiles)
         for name, v in zip(ema.names, profile.shadow_params, strict=True)
     }
-    meta = {"step": str(step), "sigma_rels": json.dumps(ema.sigma_rels), "gammas": json.dumps(
-        [p.gamma for p in ema.profiles])}
+    meta = {
+        "step": str(step),
+        "sigma_rels": json.dumps(ema.sigma_rels),
+        "gammas": json.dumps([p.gamma for p in ema.profiles]),
+    }
     path = snapshot_path(folder, step)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
