@@ -60,10 +60,12 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)] if runs else []
     for r in board:
         r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"], f"{used} 95% CI": r["ci"]}
+        r |= {"post-hoc EMA width": r["ema_sigma_rel"], f"{used} at fixed EMA": r["fixed"]}
         r["overrides"] = " ".join(r["overrides"])
     table = judge(recipes(board, higher))
     for r in table:
         r |= {f"{used} mean": r["mean"], f"{used} std": r["std"], f"{used} 95% CI": r["ci"]}
+        r |= {"post-hoc EMA width": r["ema_sigma_rel"], f"{used} at fixed EMA": r["fixed"]}
     best = best_recipes(table)
     name_experiments(best, name)  # a name the package ships is refused before anything is written
     bases = sorted({r["basis"] for r in board if r["basis"]})
@@ -78,7 +80,8 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
             f"so each group is ranked on its own."
         )
     header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"
-    columns, recipe_columns = columns_for(LEADERBOARD, used), columns_for(RECIPES, used)
+    posthoc = any(r.get("ema_sigma_rel") is not None for r in board)
+    columns, recipe_columns = columns_for(LEADERBOARD, used, posthoc), columns_for(RECIPES, used, posthoc)
     write_table(board, [*columns, "n_fake", "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
     (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + by_size(board, columns, "runs"))
     write_table(table, recipe_columns, folder / "recipes.csv")

@@ -213,15 +213,15 @@ def reconstruct(
     sums: list[dict[str, torch.Tensor]] = [{} for _ in widths]
     for j, (_, source) in enumerate(snapshots):
         tensors = load_file(str(source)) if isinstance(source, Path) else source
-        for k in range(len(gammas)):
-            row = weights[j * len(gammas) + k]
-            for key, value in tensors.items():
-                index, name = key.split("/", 1)
-                if int(index) != k:
-                    continue
-                for r, total in enumerate(sums):
-                    term = value.to("cpu", torch.float64) * float(row[r])
-                    total[name] = total[name] + term if name in total else term
+        for key, value in tensors.items():
+            index, name = key.split("/", 1)
+            row = weights[j * len(gammas) + int(index)].tolist()
+            value = value.to("cpu", torch.float64)
+            for weight, total in zip(row, sums, strict=True):
+                if name in total:
+                    total[name].add_(value, alpha=weight)
+                else:
+                    total[name] = value * weight
     return {w: {n: v.float() for n, v in total.items()} for w, total in zip(widths, sums, strict=True)}
 
 

@@ -254,14 +254,15 @@ def test_a_name_the_package_ships_is_refused_and_the_default_cannot_collide(swee
     assert not out.exists() and not list(tmp_path.glob(".r.*"))
 
 
-def crafted(folder: Path, lr: float, seed: int, fid: float) -> Path:
-    """A finished run folder written by hand: its recipe (the lr), seed and FID, as diffexp-train records them."""
+def crafted(folder: Path, lr: float, seed: int, fid: float, posthoc: dict | None = None) -> Path:
+    """A finished run folder written by hand: its recipe (the lr), seed and FID, as diffexp-train records them
+    (`posthoc`: an ema=posthoc run's extra figures)."""
     (folder / ".hydra").mkdir(parents=True)
     config = {"seed": seed, "optim": {"optimizer": {"lr": lr}}, "schedule": {"prediction_type": "epsilon"}}
     OmegaConf.save(config, folder / ".hydra" / "config.yaml")
     OmegaConf.save([f"optim.optimizer.lr={lr}", f"seed={seed}"], folder / ".hydra" / "overrides.yaml")
     figures = {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "n_seeds": 5, "n_fake": 256, "n_real": 360,
-               "feature_net": "digits", "reference": "heldout"}  # fmt: skip
+               "feature_net": "digits", "reference": "heldout", **(posthoc or {})}  # fmt: skip
     record = {"status": "finished", "recipe": {"model": "tiny"}, "eval": figures, "final_loss": 0.1, "parameters": 1}
     (folder / "metrics.json").write_text(json.dumps(record))
     return folder
@@ -380,3 +381,26 @@ def test_pareto_front_and_ranking_follow_the_metric_direction():
     ]
     assert [r["value"] for r in rank(runs, higher_is_better=True)] == [0.9, 0.5, 0.2]
     assert [r["rank"] for r in rank(runs, higher_is_better=False)] == [1, 2, 3]
+
+
+def test_post_hoc_runs_show_the_chosen_width_and_the_figure_at_the_fixed_width(tmp_path):
+    posthoc = {1e-3: [(0.05, 6.0), (0.15, 6.4)], 2e-3: [(0.1, 7.0), (0.05, 7.5)]}  # (chosen width, FID at 0.10)
+    runs = [
+        crafted(tmp_path / f"{lr}-{k}", lr, k, 5.0 + k + 2 * (lr > 1e-3), {"ema_sigma_rel": w, "fid_fixed": fixed})
+        for lr, seeds in posthoc.items()
+        for k, (w, fixed) in enumerate(seeds)
+    ]
+    out = compare(compose_app("compare", [f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'r'}"]))
+    table = {r["recipe"]: r for r in rows(out / "recipes.csv")}
+    best = table["optim.optimizer.lr=0.001"]
+    assert best["post-hoc EMA width"] == "0.05 0.15" and float(best["fid at fixed EMA"]) == 6.2
+    assert float(best["fid mean"]) == 5.5
+    board = {r["run"]: r for r in rows(out / "leaderboard.csv")}
+    assert board[f"{tmp_path.name}/0.002-0"]["post-hoc EMA width"] == "0.1"
+    assert float(board[f"{tmp_path.name}/0.002-0"]["fid at fixed EMA"]) == 7.0
+    header = (out / "recipes.md").read_text().split("| size |")[1].split("\n")[0]
+    assert "post-hoc EMA width | fid at fixed EMA" in header
+    # Runs without post-hoc EMA get no such columns.
+    plain = [crafted(tmp_path / "plain" / str(k), 1e-3, k, 5.0) for k in range(2)]
+    out = compare(compose_app("compare", [f"runs=[{','.join(map(str, plain))}]", f"out={tmp_path / 'r2'}"]))
+    assert "post-hoc" not in (out / "recipes.md").read_text() and "post-hoc" not in (out / "leaderboard.md").read_text()

@@ -14,10 +14,17 @@ RECIPES = ["size", "recipe", "verdict", "{m} mean", "{m} 95% CI", "vs best", "se
            "{m} std", "final_loss", "images_seen", "train_seconds", "parameters", "basis", "runs"]  # fmt: skip
 
 
-def columns_for(template: list[str], metric: str) -> list[str]:
-    """The table's columns named after the metric (ranking by final_loss needs no second loss column)."""
+POSTHOC = ["post-hoc EMA width", "{m} at fixed EMA"]  # ema=posthoc runs: the chosen width(s), the figure without it
+
+
+def columns_for(template: list[str], metric: str, posthoc: bool = False) -> list[str]:
+    """The table's columns named after the metric (ranking by final_loss needs no second loss column); with
+    `posthoc`, the chosen post-hoc EMA width and the figure at the recipe's fixed width follow the figure's interval."""
     per_run_only = ("best {m}", "{m} 95% CI", "samples") if template is LEADERBOARD else ("samples",)
     columns = [c.format(m=metric) for c in template if not (metric == "final_loss" and c in per_run_only)]
+    if posthoc and metric != "final_loss":
+        at = columns.index(f"{metric} 95% CI") + 1
+        columns[at:at] = [c.format(m=metric) for c in POSTHOC]
     return list(dict.fromkeys(columns))
 
 

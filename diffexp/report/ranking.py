@@ -53,6 +53,9 @@ def score(run: dict, metric: str) -> dict:
         "interval": tuple(ci) if ci else None,
         "samples": f"{ev.get('n_seeds') or 1}×{ev['n_fake']}" if ev.get("n_fake") else None,
         **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake", "memorised")},
+        # ema=posthoc: the width the run chose, and its figure at the recipe's fixed width (ema.sigma_rel)
+        "ema_sigma_rel": ev.get("ema_sigma_rel"),
+        "fixed": ev.get(f"{metric}_fixed") if metric != "final_loss" else None,
     }
 
 
@@ -128,6 +131,8 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
                 # where one seed gives no interval over seeds, its run's interval over sampling seeds, if any
                 "interval": interval[1:] if interval else members[0]["interval"] if len(members) == 1 else None,
                 "samples": " ".join(sorted({m["samples"] for m in members if m.get("samples")})) or None,
+                "ema_sigma_rel": " ".join(f"{m['ema_sigma_rel']:g}" for m in members if m.get("ema_sigma_rel")) or None,
+                "fixed": _mean([m.get("fixed") for m in members]),
                 "final_loss": _mean([m["final_loss"] for m in members]),
                 "images_seen": _mean([m["images_seen"] for m in members]),
                 "train_seconds": _mean([m["train_seconds"] for m in members]),
