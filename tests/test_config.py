@@ -111,8 +111,12 @@ def build_ema(cfg, tmp_path):
 
     if not cfg.ema:
         return  # ema=none: samples and export use the trained weights
+    from diffexp.posthoc import PostHocEMA
+
     ema = instantiate(cfg.ema)(torch.nn.Linear(2, 2).parameters())
-    assert isinstance(ema, PowerEMA) and ema.sigma_rel == cfg.ema.sigma_rel
+    assert isinstance(ema, PowerEMA | PostHocEMA) and ema.sigma_rel == cfg.ema.sigma_rel
+    if isinstance(ema, PostHocEMA):  # two tracked power profiles at the group's widths
+        assert [p.sigma_rel for p in ema.profiles] == list(cfg.ema.sigma_rels) and len(ema.profiles) == 2
 
 
 def build_sampler(cfg, tmp_path):

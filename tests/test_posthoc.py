@@ -50,6 +50,17 @@ def test_reconstruction_at_0_07_is_near_a_tracked_power_ema(tmp_path):
     gap = min(float((flat(p["shadow_params"]) - tracked).norm()) for p in posthoc["ema"]["profiles"])
     assert gap > 0 and error < 0.1 * gap, (error, gap)
 
+    # A run read back from its checkpoint (as an unfinished one is) holds the width in use, as its pipeline does.
+    from diffusers import DDPMPipeline
+
+    from diffexp.run_folder import _load_checkpoint
+
+    folder = tmp_path / "posthoc"
+    restored = _load_checkpoint(folder / "checkpoints" / "last.ckpt", folder).unet
+    exported = DDPMPipeline.from_pretrained(folder / "pipeline").unet
+    pairs = zip(restored.parameters(), exported.parameters(), strict=True)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in pairs)
+
 
 def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_path):
     from diffusers import DDPMPipeline
