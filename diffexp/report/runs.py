@@ -13,7 +13,7 @@ from diffexp.errors import ConfigError
 
 # Settings that do not change what a run learns (the seed is averaged over instead), and group choices that are no
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).
-NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag")
+NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag", "optuna")
 NOT_RECIPE_GROUPS = ("logger", "experiment", "sweeps")  # a sweep file sets recipe keys, which the config holds
 
 
