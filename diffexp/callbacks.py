@@ -173,7 +173,8 @@ class Evaluate(pl.Callback):
                 pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
         pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
-        self.history.append({"step": trainer.global_step, "images": self.point(trainer)} | figures | {"seconds": seconds})
+        point = {"step": trainer.global_step, "images": self.point(trainer)}
+        self.history.append(point | figures | {"seconds": seconds})
 
     def state_dict(self) -> dict:
         # In every checkpoint, so a resumed run's metrics.json still holds the evaluations made before the resume.

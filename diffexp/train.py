@@ -81,9 +81,9 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.every_n_images={every}: use a positive number of images (e.g. 24000) or null")
     keys = trial_keys(cfg)
     if keys and not (keys.storage and keys.study):
-        raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the Optuna sweeper sets all three")
+        raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the sweeper sets all three")
     if keys and not (cfg.eval.net and cfg.eval.monitor):
-        raise ConfigError("optuna.trial: an Optuna trial reports eval.monitor; use an eval net (eval=digits) with a monitor")
+        raise ConfigError("optuna.trial: a trial reports eval.monitor; use an eval net (eval=digits) with a monitor")
     if "gradient_clip_val" in cfg.trainer:
         raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
     if cfg.ema and not cfg.ema.get("_target_"):  # e.g. ema=none +ema.sigma_rel=0.1
