@@ -76,6 +76,8 @@ def load_run(folder: Path) -> dict[str, Any]:
     reason = None
     if status == "failed":
         reason = metrics.get("reason") or error or "no metrics.json: the job stopped before training started"
+    elif status == "pruned":  # a search's pruner stopped it early: listed as such, never ranked
+        reason = metrics.get("reason")
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE}
     key_choices = {k: v for k, v in choices.items() if k not in NOT_RECIPE_GROUPS}
     grids = sorted((folder / "samples").glob("step_*.png"))

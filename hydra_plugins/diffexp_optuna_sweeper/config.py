@@ -14,7 +14,7 @@ SAMPLERS = {
 PRUNERS = {
     "none": {"_target_": "optuna.pruners.NopPruner"},
     # Stops a trial whose figure is worse than the median of earlier trials at the same images point.
-    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 3, "n_warmup_steps": 0},
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 0},
     # Steps are images seen: min_resource is the first evaluation point (eval.every_n_images).
     "successive_halving": {
         "_target_": "optuna.pruners.SuccessiveHalvingPruner",
@@ -23,7 +23,7 @@ PRUNERS = {
     },
     "hyperband": {
         "_target_": "optuna.pruners.HyperbandPruner",
-        "min_resource": 1,
+        "min_resource": "${oc.select:eval.every_n_images,1}",  # the first evaluation point, in images
         "max_resource": "auto",
         "reduction_factor": 2,
     },

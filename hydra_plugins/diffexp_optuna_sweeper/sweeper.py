@@ -86,6 +86,8 @@ class DiffexpOptunaSweeper(Sweeper):
             spec = str(Path(spec).expanduser().resolve())  # a journal file, found again from every job's folder
         name = s.study_name or sweep_dir.name
         pruner = OmegaConf.to_container(s.pruner, resolve=True) if s.pruner else None
+        if pruner:
+            instantiate(pruner)  # a bad pruner setting fails here, before any trial starts
         sampler = instantiate(s.sampler) if s.sampler else None
         study = open_study(spec, name, s.direction, sampler, pruner)
         log.info("study %s in %s: %d trials so far", name, spec, len(study.trials))
