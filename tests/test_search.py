@@ -100,9 +100,10 @@ def test_while_one_trial_is_slow_the_other_worker_starts_two_and_each_job_runs_o
     s = optuna.create_study(storage=f"sqlite:///{sweep / 'optuna.db'}", study_name="optuna_tiny")
     params = {"data.batch_size": 32, "optim.optimizer.lr": 1e-3, "optim.warmup": 0, "ema": "none"}
     params |= {"schedule.prediction_type": "epsilon"}
-    for images in (65536, 256, 256, 256):  # trial 0 trains 2048 steps, the others 8
+    for images in (16384, 256, 256, 256):  # trial 0 trains 512 steps, the others 8
         s.enqueue_trial(params | {"budget.images": images})
-    workers = [worker(tmp_path, "budget.images=choice(256, 65536)", "hydra.sweeper.n_trials=4") for _ in range(2)]
+    args = ["budget.images=choice(256, 16384)", "hydra.sweeper.n_trials=4", "checkpoint.every_n_steps=100"]
+    workers = [worker(tmp_path, *args) for _ in range(2)]
     finish(workers)
     trials = study(tmp_path).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -117,7 +118,7 @@ def test_while_one_trial_is_slow_the_other_worker_starts_two_and_each_job_runs_o
 @pytest.mark.slow
 def test_sigkill_every_worker_and_restart_continues_the_study_to_n_trials(tmp_path):
     sweep = tmp_path / "multirun" / "optuna_tiny"
-    args = ["budget.images=4096", "data.batch_size=32", "checkpoint.every_n_steps=4", "hydra.sweeper.n_trials=4"]
+    args = ["budget.images=2048", "data.batch_size=32", "checkpoint.every_n_steps=8", "hydra.sweeper.n_trials=4"]
     args += ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5", "hydra/sweeper/pruner=none"]
     args += ["hydra.sweeper.params.data\\.batch_size=choice(32)"]
     workers = [worker(tmp_path, *args) for _ in range(2)]
@@ -155,4 +156,4 @@ def test_sigkill_every_worker_and_restart_continues_the_study_to_n_trials(tmp_pa
     for t in after:  # every finished trial's folder trained each step once, from step 0
         if t.state == TrialState.COMPLETE:
             rows = (sweep / f"trial-{t.number:04d}" / "losses.csv").read_text().splitlines()[1:]
-            assert [int(r.split(",")[0]) for r in rows] == list(range(4096 // 32))
+            assert [int(r.split(",")[0]) for r in rows] == list(range(2048 // 32))
