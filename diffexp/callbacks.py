@@ -113,7 +113,9 @@ def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
 
 
 class Evaluate(pl.Callback):
-    """Scores the EMA model every `every_n_steps` (and at the last step) against the held-out images.
+    """Scores the EMA model every `every_n_steps`, each time the images seen pass a multiple of `every_n_images`
+    (the same points whatever the batch size: a search's pruner compares trials there), and at the last step,
+    against the held-out images.
 
     Rank 0 samples `n_samples` images from fixed noise with a fast sampler and scores their features against
     `reference` (`diffexp.heldout.Reference`): one sampling seed in between, `seeds` of them at the last step (the
@@ -136,15 +138,31 @@ class Evaluate(pl.Callback):
         nearest: Path | None = None,
         monitor: str = "fid",
         higher_is_better: bool = False,
+        every_n_images: int | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.reference, self.sampler, self.n_samples, self.every_n_steps = reference, sampler, n_samples, every_n_steps
         self.seed, self.seeds, self.nearest = seed, seeds, nearest
         self.monitor, self.higher_is_better = monitor, higher_is_better  # ema=posthoc chooses its width by these
+        self.every_n_images, self.batch_size = every_n_images, batch_size  # the images points trials report at
         self.history: list[dict] = []
+
+    def crossed(self, trainer: pl.Trainer) -> bool:
+        """Whether this step's images passed a multiple of `every_n_images`."""
+        if not self.every_n_images:
+            return False
+        step, per_step = trainer.global_step, self.batch_size * trainer.world_size
+        return step * per_step // self.every_n_images > (step - 1) * per_step // self.every_n_images
+
+    def point(self, trainer: pl.Trainer) -> int:
+        """The images point of this step: the multiple of `every_n_images` just passed, else the images seen."""
+        seen = trainer.global_step * self.batch_size * trainer.world_size
+        return seen // self.every_n_images * self.every_n_images if self.crossed(trainer) else seen
 
     def due(self, trainer: pl.Trainer) -> bool:
         step = trainer.global_step
-        return step == trainer.max_steps or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        periodic = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        return step == trainer.max_steps or periodic or self.crossed(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.due(trainer):
@@ -166,7 +184,8 @@ class Evaluate(pl.Callback):
                 pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
         pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
-        self.history.append({"step": trainer.global_step} | figures | {"seconds": seconds})
+        point = {"step": trainer.global_step, "images": self.point(trainer)}
+        self.history.append(point | figures | {"seconds": seconds})
 
     def state_dict(self) -> dict:
         # In every checkpoint, so a resumed run's metrics.json still holds the evaluations made before the resume.

@@ -95,12 +95,14 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
 
     failed = [r for r in board if r["status"] == "failed"]
     running = [r for r in board if r["status"] == "running"]
+    pruned = [r for r in board if r["status"] == "pruned"]
     for b in best:
         path = f"conf/experiment/{b['experiment']}.yaml"
         b["experiment config"] = f"[{b['experiment']}]({path})" if b["experiment"] else ""
     text = REPORT.format(
         count=len(board),
-        finished=len(board) - len(failed) - len(running),
+        finished=len(board) - len(failed) - len(running) - len(pruned),
+        pruned=len(pruned),
         running=len(running),
         failed=len(failed),
         sources=", ".join(f"`{s}`" for s in sources),
@@ -116,6 +118,8 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         ),
         compute=compute,
         failed_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`): {r['reason']}" for r in failed)
+        or "None.",
+        pruned_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`): {r['reason']}" for r in pruned)
         or "None.",
         running_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`)" for r in running) or "None.",
     )

@@ -71,6 +71,7 @@ def register_resolvers() -> None:
         "sweep_dir": _sweep_dir,
         "recipe_id": _recipe_id,
         "wandb_offline": wandb_offline,
+        "div": lambda a, b: int(a) // int(b),  # e.g. evaluation points as a share of the budget
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

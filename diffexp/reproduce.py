@@ -65,6 +65,8 @@ def run(cfg: DictConfig) -> dict:
     env = recorded.get("environment", {})
     recipe.threads = cfg.threads or env.get("threads") or recipe.threads
     recipe.resume = None
+    if "optuna" in recipe:  # a search's trial is repeated, never reported to its study again
+        recipe.optuna = {"storage": None, "study": None, "trial": None}
     hydra_yaml = original / ".hydra" / "hydra.yaml"
     choices = dict(OmegaConf.load(hydra_yaml).hydra.runtime.choices) if hydra_yaml.exists() else recorded.get("recipe")
 

@@ -90,6 +90,7 @@ class Eval:
     monitor: Optional[str]
     kid_subset_size: int
     cache_dir: str
+    every_n_images: Optional[int] = None
 
 
 @dataclass
@@ -134,6 +135,13 @@ class Speed:
 
 
 @dataclass
+class Optuna:
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    trial: Optional[int] = None
+
+
+@dataclass
 class Train:
     data: Data
     model: Model
@@ -154,6 +162,7 @@ class Train:
     preview: Preview
     speed: Speed
     checkpoint: Checkpoint
+    optuna: Optuna = field(default_factory=Optuna)  # set by the Optuna sweeper; no part of the recipe
 
 
 def validate(cfg: DictConfig) -> None:

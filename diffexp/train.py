@@ -43,6 +43,7 @@ from diffexp.run_folder import (
 from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
 from diffexp.schema import validate
+from diffexp.search import trial_keys
 
 log = logging.getLogger("diffexp.train")
 HIGHER_IS_BETTER = {"precision", "recall", "top_prob"}
@@ -76,6 +77,14 @@ def check(cfg: DictConfig) -> None:
             f"eval.monitor={cfg.eval.monitor}: the best checkpoint is chosen by one of {sorted(monitors)} (or null)"
         )
     check_lr_schedule(cfg.optim.warmup, cfg.optim.decay)
+    every = cfg.eval.get("every_n_images")
+    if every is not None and every < 1:
+        raise ConfigError(f"eval.every_n_images={every}: use a positive number of images (e.g. 24000) or null")
+    keys = trial_keys(cfg)
+    if keys and not (keys.storage and keys.study):
+        raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the sweeper sets all three")
+    if keys and not (cfg.eval.net and cfg.eval.monitor):
+        raise ConfigError("optuna.trial: a trial reports eval.monitor; use an eval net (eval=digits) with a monitor")
     if "gradient_clip_val" in cfg.trainer:
         raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
     if cfg.ema and not cfg.ema.get("_target_"):  # e.g. ema=none +ema.sigma_rel=0.1
@@ -183,6 +192,9 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
     if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc: its snapshots in RUN/ema/
         callbacks.append(Snapshots(run_dir / "ema", module.ema, cfg.data.batch_size))
+    trial = _trial_report(cfg, evaluate, hydra_cfg)
+    if trial is not None:
+        callbacks.append(trial)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
     trainer = instantiate(
         cfg.trainer,
@@ -207,9 +219,10 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
 
     losses.save()
     steps, values = losses.losses()
+    pruned = trial is not None and trial.pruned_at is not None
     summary = {
-        "status": "failed" if losses.failure else "finished",
-        "reason": losses.failure,
+        "status": "failed" if losses.failure else "pruned" if pruned else "finished",
+        "reason": losses.failure or (f"pruned by the study's pruner at {trial.pruned_at} images" if pruned else None),
         "steps": trainer.global_step,
         "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
         "images_seen": trainer.global_step * cfg.data.batch_size * trainer.world_size,
@@ -231,6 +244,8 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     if isinstance(logger, pl.loggers.WandbLogger):
         flat = flatten({k: v for k, v in summary.items() if k != "eval_history" and v is not None})
         logger.experiment.summary.update(flat | {"parameters": parameters})
+        if pruned:
+            logger.experiment.tags = (*logger.experiment.tags, "pruned")
         import wandb
 
         wandb.finish(exit_code=1 if losses.failure else 0)
@@ -273,7 +288,20 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         nearest=run_dir / "plots" / "nearest.png" if rank() == 0 else None,
         monitor=cfg.eval.monitor or "fid",
         higher_is_better=cfg.eval.monitor in HIGHER_IS_BETTER,
+        every_n_images=cfg.eval.get("every_n_images"),
+        batch_size=cfg.data.batch_size,
     )
+
+
+def _trial_report(cfg: DictConfig, evaluate: Evaluate | None, hydra_cfg):
+    """The job's link to its Optuna trial: only a sweep job started by the sweeper reports to it (a resumed or
+    reproduced trial never does)."""
+    keys = trial_keys(cfg)
+    if keys is None or cfg.resume or hydra_cfg.mode != RunMode.MULTIRUN or evaluate is None:
+        return None
+    from diffexp.search import TrialReport
+
+    return TrialReport(evaluate, keys.storage, keys.study, keys.trial, cfg.eval.monitor)
 
 
 def train_callbacks(
@@ -323,10 +351,10 @@ def _earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     if config.exists():
         check_current_keys(OmegaConf.load(config), f"the sweep job {run_dir} (give the sweep a new tag=)")
     record = read_metrics(run_dir)
-    if record.get("status") != "finished":
+    if record.get("status") not in ("finished", "pruned"):
         log.info("resuming unfinished job %s", run_dir)
         return None
-    log.info("skipping finished job %s", run_dir)
+    log.info("skipping %s job %s", record["status"], run_dir)
     return record["objective"]
 
 

@@ -41,7 +41,8 @@ def by_size(rows: list[dict], columns: list[str], noun: str) -> str:
 
 REPORT = """# Recipe report
 
-{count} runs ({finished} finished, {running} running, {failed} failed) from {sources}; made {date} by diffexp-compare.
+{count} runs ({finished} finished, {pruned} pruned, {running} running, {failed} failed) from {sources};
+made {date} by diffexp-compare.
 
 {notes}
 ## Best recipe per model size
@@ -70,6 +71,10 @@ Details, and how to train them again: [best.md](best.md).
 ## Failed runs
 
 {failed_list}
+
+## Pruned by the search (stopped early: not scored against the finished runs)
+
+{pruned_list}
 
 ## Still running
 

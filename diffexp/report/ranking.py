@@ -16,7 +16,7 @@ HIGHER_IS_BETTER = {
     "top_prob": True,  # the digits net's mean top-class probability of the samples
     "final_loss": False,
 }
-STATUS_ORDER = {"finished": 0, "running": 1, "failed": 2}
+STATUS_ORDER = {"finished": 0, "running": 1, "pruned": 2, "failed": 3}
 
 
 def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:

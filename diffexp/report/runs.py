@@ -13,7 +13,7 @@ from diffexp.errors import ConfigError
 
 # Settings that do not change what a run learns (the seed is averaged over instead), and group choices that are no
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).
-NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag")
+NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag", "optuna")
 NOT_RECIPE_GROUPS = ("logger", "experiment", "sweeps")  # a sweep file sets recipe keys, which the config holds
 
 
@@ -76,6 +76,8 @@ def load_run(folder: Path) -> dict[str, Any]:
     reason = None
     if status == "failed":
         reason = metrics.get("reason") or error or "no metrics.json: the job stopped before training started"
+    elif status == "pruned":  # a search's pruner stopped it early: listed as such, never ranked
+        reason = metrics.get("reason")
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE}
     key_choices = {k: v for k, v in choices.items() if k not in NOT_RECIPE_GROUPS}
     grids = sorted((folder / "samples").glob("step_*.png"))
