@@ -81,17 +81,8 @@ def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> Reference:
             f"or a pipeline that diffexp exported"
         )
     datamodule = instantiate(data, seed=0)
-    train = datamodule.prepare()
-    key = str(data.get("name") or data.get("path") or data["_target_"].rsplit(".", 1)[-1])
-    return Reference.build(
-        train,
-        datamodule.heldout,
-        net,
-        key,
-        Path(cfg.eval.cache_dir),
-        cfg.eval.reference_size,
-        cfg.eval.kid_subset_size,
-    )
+    datamodule.prepare()
+    return Reference.of_data(datamodule, data, net, cfg.eval)
 
 
 def flat_row(figures: dict) -> dict:

@@ -98,6 +98,21 @@ class Reference:
             train_pixels=train_pixels,
         )
 
+    @classmethod
+    def of_data(cls, datamodule, data, net, eval_cfg) -> Reference:
+        """The reference of a prepared datamodule built from the `data` config, with the `eval` config's cache folder,
+        reference size and KID subset size; the dataset's name (or path, or class) keys the cache."""
+        key = str(data.get("name") or data.get("path") or data["_target_"].rsplit(".", 1)[-1])
+        return cls.build(
+            datamodule.images,
+            datamodule.heldout,
+            net,
+            key,
+            Path(eval_cfg.cache_dir),
+            eval_cfg.reference_size,
+            eval_cfg.kid_subset_size,
+        )
+
     def floor(self, n: int) -> dict:
         """FID, KID, precision and recall of `n` training images against the reference (what a model that draws
         real images would score at that sample count); computed once per count and cached beside the features."""

@@ -267,16 +267,7 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution)
     check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
-    key = str(cfg.data.get("name") or cfg.data.get("path") or cfg.data._target_.rsplit(".", 1)[-1])
-    reference = Reference.build(
-        datamodule.images,
-        datamodule.heldout,
-        net,
-        key,
-        Path(cfg.eval.cache_dir),
-        cfg.eval.reference_size,
-        cfg.eval.kid_subset_size,
-    )
+    reference = Reference.of_data(datamodule, cfg.data, net, cfg.eval)
     fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
     return Evaluate(
         reference,

@@ -8,11 +8,11 @@ import logging
 
 import pytest
 from omegaconf import OmegaConf
-from test_compare import cli
 
-from conftest import TINY
+from conftest import TINY, compose_train
 from diffexp import api
 from diffexp.errors import ConfigError
+from diffexp.reproduce import run as reproduce
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def test_train_sample_evaluate_compare_write_what_the_commands_write(in_tmp):
     report = api.compare(runs=[str(run)], out=str(in_tmp / "report"))
     assert (report / "leaderboard.md").exists() and (report / "conf" / "experiment" / "best_tiny.yaml").exists()
 
-    again = cli("reproduce", f"run={run}", cwd=in_tmp)
-    assert again.returncode == 0 and "MATCHED bit for bit" in again.stdout, again.stderr[-2000:]
+    again = reproduce(compose_train([f"run={run}"], in_tmp / "again", name="reproduce"))
+    assert again["matched"] and again["steps_compared"] == 4, again
 
 
 def test_bad_settings_raise_config_error(in_tmp):

@@ -250,7 +250,7 @@ def test_zero_snr_trains_and_every_sampler_samples_finite_images(prediction, tin
     loaded = load_run(tmp_path / "run")
     assert loaded.scheduler.alphas_cumprod[-1] == 0  # the last timestep is pure noise
     for path in sorted(Path(CONF_DIR, "sampler").glob("*.yaml")):
-        sampler = instantiate(OmegaConf.load(path))
+        sampler = instantiate(OmegaConf.load(path), steps=10)  # 10 steps start at t=999 (SNR 0) as 1000 do
         noise, generator = seeded_noise(4, 1, 8, 0)
         images = sampler(loaded.unet, loaded.scheduler, noise, generator, progress=False)
         assert torch.isfinite(images).all(), sampler.name
