@@ -29,13 +29,6 @@ def _sweep_dir(name: str, tag: str | None) -> str:
     return f"{name}-{tag}" if tag else str(name)
 
 
-def _recipe_id(override_dirname: str) -> str:
-    """A short, stable folder name for a recipe (its overrides hashed): a rerun finds the same folder."""
-    import hashlib
-
-    return "recipe-" + hashlib.sha256(str(override_dirname).encode()).hexdigest()[:10]
-
-
 def wandb_offline() -> bool:
     """W&B runs offline unless the user has a key (env or ~/.netrc) or forces `WANDB_MODE=online`."""
     if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
@@ -69,7 +62,6 @@ def register_resolvers() -> None:
         "run_dir": _run_dir,
         "record_subdir": _record_subdir,
         "sweep_dir": _sweep_dir,
-        "recipe_id": _recipe_id,
         "wandb_offline": wandb_offline,
         "div": lambda a, b: int(a) // int(b),  # e.g. evaluation points as a share of the budget
     }.items():

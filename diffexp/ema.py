@@ -37,7 +37,27 @@ def check_sigma_rel(sigma_rel: float) -> None:
         raise ConfigError(f"ema.sigma_rel={sigma_rel}: use a relative width in (0, 0.28], e.g. 0.10, or ema=none")
 
 
-class PowerEMA:
+class SwapWeights:
+    """What an average of the weights needs to stand in for the trained weights while sampling or exporting:
+    `store` the trained weights, `copy_to` puts the average in (each average's own), `restore` brings them back."""
+
+    collected_params: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def store(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Keeps a copy of the trained weights, to `restore` after sampling with the average."""
+        self.collected_params = [p.detach().clone() for p in parameters]
+
+    @torch.no_grad()
+    def restore(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        if self.collected_params is None:
+            raise RuntimeError(f"{type(self).__name__}.restore without store")
+        for kept, p in zip(self.collected_params, parameters, strict=True):
+            p.copy_(kept)
+        self.collected_params = None
+
+
+class PowerEMA(SwapWeights):
     """EDM2's power-function EMA of `parameters`, set by its relative width `sigma_rel`.
 
     One in-place pass a step (`torch._foreach_lerp_`): about half the time of a copy-and-add update. The state
@@ -49,7 +69,6 @@ class PowerEMA:
         self.sigma_rel, self.gamma = float(sigma_rel), sigma_rel_to_gamma(sigma_rel)
         self.shadow_params = [p.detach().clone() for p in parameters]
         self.optimization_step = 0
-        self.collected_params: list[torch.Tensor] | None = None
 
     def decay(self, step: int) -> float:
         """beta_t = (1 - 1/t) ** (gamma + 1): 0 at the first step, so the average starts at the trained weights."""
@@ -67,22 +86,9 @@ class PowerEMA:
         return self
 
     @torch.no_grad()
-    def store(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Keeps a copy of the trained weights, to `restore` after sampling with the average."""
-        self.collected_params = [p.detach().clone() for p in parameters]
-
-    @torch.no_grad()
     def copy_to(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         for shadow, p in zip(self.shadow_params, parameters, strict=True):
             p.copy_(shadow)
-
-    @torch.no_grad()
-    def restore(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        if self.collected_params is None:
-            raise RuntimeError("PowerEMA.restore without store")
-        for kept, p in zip(self.collected_params, parameters, strict=True):
-            p.copy_(kept)
-        self.collected_params = None
 
     def state_dict(self) -> dict:
         return {

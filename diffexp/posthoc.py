@@ -25,7 +25,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from diffexp.ema import PowerEMA, check_sigma_rel, sigma_rel_to_gamma
+from diffexp.ema import PowerEMA, SwapWeights, check_sigma_rel, sigma_rel_to_gamma
 from diffexp.errors import ConfigError
 
 SNAPSHOT = re.compile(r"step_(\d+)\.safetensors")
@@ -47,7 +47,7 @@ def check_posthoc(ema) -> None:
         raise ConfigError(f"ema.snapshot_every={ema.snapshot_every}: snapshot every N >= 1 images seen (e.g. 8192)")
 
 
-class PostHocEMA:
+class PostHocEMA(SwapWeights):
     """Two tracked power profiles with PowerEMA's interface; `copy_to` swaps in the reconstruction at `width`.
 
     `width` starts at `sigma_rel` (previews, and the export when nothing chose another) and becomes the width the
@@ -70,7 +70,6 @@ class PostHocEMA:
         self.width = self.sigma_rel
         self.folder: Path | None = None  # RUN/ema, set by the Snapshots callback
         self.names = [str(i) for i in range(len(parameters))]  # parameter names, set by the callback
-        self.collected_params: list[torch.Tensor] | None = None
         self._cache: dict[float, list[torch.Tensor]] = {}
 
     @property
@@ -121,22 +120,10 @@ class PostHocEMA:
             self.width = kept
 
     @torch.no_grad()
-    def store(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        self.collected_params = [p.detach().clone() for p in parameters]
-
-    @torch.no_grad()
     def copy_to(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         average = self.reconstruct([self.width])[self.width]
         for value, p in zip(average, parameters, strict=True):
             p.copy_(value)
-
-    @torch.no_grad()
-    def restore(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        if self.collected_params is None:
-            raise RuntimeError("PostHocEMA.restore without store")
-        for kept, p in zip(self.collected_params, parameters, strict=True):
-            p.copy_(kept)
-        self.collected_params = None
 
     def state_dict(self) -> dict:
         return {"kind": "posthoc", "width": self.width, "profiles": [p.state_dict() for p in self.profiles]}
