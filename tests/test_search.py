@@ -119,7 +119,8 @@ def test_while_one_trial_is_slow_the_other_worker_starts_two_and_each_job_runs_o
 def test_sigkill_every_worker_and_restart_continues_the_study_to_n_trials(tmp_path):
     sweep = tmp_path / "multirun" / "optuna_tiny"
     args = ["budget.images=2048", "checkpoint.every_n_steps=8", "hydra.sweeper.n_trials=4"]
-    args += ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5", "hydra/sweeper/pruner=none"]
+    # grace 20 s: on a loaded machine a live worker's beat can lag several seconds (a SQLite write waits its turn)
+    args += ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=20", "hydra/sweeper/pruner=none"]
     workers = [worker(tmp_path, *args) for _ in range(2)]
 
     def killable() -> bool:
