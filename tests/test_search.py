@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
@@ -124,10 +125,14 @@ def test_sigkill_every_worker_and_restart_continues_the_study_to_n_trials(tmp_pa
     workers = [worker(tmp_path, *args) for _ in range(2)]
 
     def killable() -> bool:
-        if not (sweep / "optuna.db").exists():
+        if not (sweep / "optuna.db").exists():  # loading would create it
             return False
-        c = counts(study(tmp_path))
-        running = [t for t in study(tmp_path).trials if t.state == TrialState.RUNNING]
+        try:  # the file appears before the first worker has created the study in it
+            s = study(tmp_path)
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # or its tables are being created
+            return False
+        c = counts(s)
+        running = [t for t in s.trials if t.state == TrialState.RUNNING]
         started = [t for t in running if (sweep / f"trial-{t.number:04d}" / "checkpoints" / "last.ckpt").exists()]
         return c[TrialState.COMPLETE] >= 1 and bool(started)
 
