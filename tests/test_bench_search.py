@@ -1,0 +1,29 @@
+"""The search benchmark's verdict (benchmarks/search.py): which trials it re-scores and when an arm reached the best."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).parents[1] / "benchmarks" / "search.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = bench  # dataclasses look their module up there
+spec.loader.exec_module(bench)
+
+
+def test_incumbents_are_the_trials_that_improved_the_best_so_far_in_completion_order():
+    trials = [(3, 9.0, 5.0), (0, 2.0, 8.0), (1, 4.0, 9.0), (2, 6.0, 6.0), (4, 12.0, 5.5)]  # number, minutes, FID
+    assert [(p.trial, p.minutes, p.objective) for p in bench.incumbents(trials)] == [
+        (0, 2.0, 8.0),
+        (2, 6.0, 6.0),
+        (3, 9.0, 5.0),
+    ]
+
+
+def test_an_arm_reaches_the_best_at_its_first_rescored_figure_inside_the_interval():
+    points = bench.incumbents([(0, 2.0, 8.0), (1, 6.0, 6.0), (2, 9.0, 5.0)])
+    for p, fid in zip(points, [8.5, 6.4, 5.9], strict=True):  # re-scored: the search's own figures were optimistic
+        p.fid = fid
+    assert bench.time_to_reach(points, hi=6.5) == 6.0
+    assert bench.time_to_reach(points, hi=5.0) is None  # never inside: did not reach
