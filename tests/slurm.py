@@ -143,6 +143,12 @@ def cluster(cpus: int = 2) -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True)
+        deadline = time.time() + 15  # let slurmd end the cancelled jobs' processes before it stops itself
+        while time.time() < deadline:
+            out = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True)
+            if out.returncode != 0 or not out.stdout.strip():
+                break
+            time.sleep(0.5)
         _stop(_pid(root / "slurmd.pid"))
         _stop(_pid(root / "slurmctld.pid"))
         _stop(_pid(munge_pid))

@@ -14,6 +14,7 @@ from test_search import finish, worker
 
 @pytest.mark.slow
 def test_two_workers_fill_one_postgresql_study(tmp_path):
+    pytest.importorskip("psycopg2", reason="psycopg2 missing: pip install -e '.[postgres]' (dev includes it)")
     with server("diffexp") as url:
         port = int(re.search(r":(\d+)/", url).group(1))
         from diffexp.search import open_study
