@@ -14,7 +14,7 @@ from slurm import cluster, job_state
 from test_cli import ENV
 from test_sweeps import QUICK, jobs
 
-STEPS = 200  # a few seconds a job on an idle machine; the requeue comes at the first checkpoint
+STEPS = 400  # the requeue comes at the first checkpoint (step 10), well before the end even on an idle machine
 
 
 @pytest.mark.slow
