@@ -4,7 +4,8 @@
 `sweep=[DIR1,DIR2]` or `runs=[RUN1,RUN2]`) writes, into a new folder (`<first sweep>/report`, else `report-2`, ...,
 built aside and renamed into place whole): `leaderboard.csv/.md`, `recipes.csv/.md` (seeds averaged), `best.md`,
 `pareto.png`, `losses.png`, `samples.png`, `conf/experiment/<name>_<size>.yaml` (train one with
-`diffexp-train --config-dir REPORT/conf experiment=<name>_<size>`) and `report.md`.
+`diffexp-train --config-dir REPORT/conf experiment=<name>_<size>`), `importances.csv/.png` (a sweep folder
+holding an Optuna study with enough finished trials) and `report.md`.
 The parts live in `diffexp/report/`; this module reads the settings, builds the report aside and renames it in.
 """
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, ListConfig
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.report.experiments import name_experiments, write_experiments
+from diffexp.report.importances import section as importances_section
 from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for
 from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
 from diffexp.report.ranking import (
@@ -123,7 +125,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         or "None.",
         running_list="\n".join(f"- `{r['name']}` ({r['size']}, `{r['recipe']}`)" for r in running) or "None.",
     )
-    (folder / "report.md").write_text(text)
+    (folder / "report.md").write_text(text + importances_section(sources, folder))
     return best
 
 

@@ -59,7 +59,14 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"run={cfg.run} has no .hydra/config.yaml: point run= at a diffexp-train run folder")
     check_current_keys(OmegaConf.load(saved), f"run={cfg.run}")
     recorded = read_metrics(original)
-    if recorded.get("status") != "finished":
+    stop = None
+    if recorded.get("status") == "pruned":  # the same steps, stopped where the study's pruner stopped it
+        from diffexp.search import StopAt
+
+        stop = StopAt(recorded["steps"], recorded["images_seen"])
+        log.info("run=%s was pruned at %d images (step %d): reproducing those steps", cfg.run,
+                 recorded["images_seen"], recorded["steps"])  # fmt: skip
+    elif recorded.get("status") != "finished":
         raise ConfigError(f"run={cfg.run} did not finish (status {recorded.get('status')}): resume it first")
     recipe = OmegaConf.load(saved)
     env = recorded.get("environment", {})
@@ -80,7 +87,7 @@ def run(cfg: DictConfig) -> dict:
         log.warning("differs from the original run: %s", w)
 
     new = Path(HydraConfig.get().runtime.output_dir)
-    train(recipe, choices={k: v for k, v in (choices or {}).items() if not k.startswith("hydra")})
+    train(recipe, choices={k: v for k, v in (choices or {}).items() if not k.startswith("hydra")}, stop=stop)
     result = compare(original, new) | {"original": str(original), "reproduction": str(new), "differences": warnings}
     atomic_write_text(new / "reproduce.json", json.dumps(result, indent=2) + "\n")
     verdict = (
@@ -91,7 +98,8 @@ def run(cfg: DictConfig) -> dict:
             f"max weight difference {result['max_weight_difference']:.3g}"
         )
     )
-    print(f"{verdict} ({result['steps_compared']} steps compared); new run: {new}")
+    pruned = f"; pruned at {recorded['images_seen']} images, as the original" if stop else ""
+    print(f"{verdict} ({result['steps_compared']} steps compared{pruned}); new run: {new}")
     return result
 
 

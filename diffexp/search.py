@@ -178,6 +178,20 @@ class TrialReport(pl.Callback):
             trainer.should_stop = True
 
 
+class StopAt(pl.Callback):
+    """Stops training after `step`, as the study's pruner once stopped the trial being reproduced there (the LR
+    schedule keeps the full budget's horizon, so the steps match); `pruned_at` then holds that point in images."""
+
+    def __init__(self, step: int, images: int) -> None:
+        self.step, self.images = step, images
+        self.pruned_at: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            self.pruned_at = self.images
+            trainer.should_stop = True
+
+
 def trial_keys(cfg: Any) -> dict | None:
     """The job's `optuna` keys when it runs as a trial of a study (set by the sweeper), else None."""
     keys = cfg.get("optuna")

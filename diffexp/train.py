@@ -124,11 +124,11 @@ def check(cfg: DictConfig) -> None:
         )
 
 
-def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
+def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None:
     """Trains the recipe `cfg` into Hydra's output folder.
 
     `choices` (the option picked in each config group) defaults to this Hydra job's; `reproduce` passes the
-    original run's.
+    original run's, and for a pruned trial `stop` (a `diffexp.search.StopAt` where the pruner stopped it).
 
     Returns the figure a sweep optimises: the final `eval.monitor` metric where evaluation is on, else the
     final training loss.
@@ -192,7 +192,7 @@ def run(cfg: DictConfig, choices: dict | None = None) -> float | None:
     callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
     if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc: its snapshots in RUN/ema/
         callbacks.append(Snapshots(run_dir / "ema", module.ema, cfg.data.batch_size))
-    trial = _trial_report(cfg, evaluate, hydra_cfg)
+    trial = stop or _trial_report(cfg, evaluate, hydra_cfg)
     if trial is not None:
         callbacks.append(trial)
     logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)

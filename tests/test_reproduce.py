@@ -90,3 +90,20 @@ def test_a_budget_run_reproduces_bit_for_bit(tiny_cfg, tmp_path):
     assert OmegaConf.load(original / ".hydra" / "config.yaml").trainer.max_steps == 5
     result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
     assert result["matched"] and result["steps_compared"] == 5, result
+
+
+def test_a_pruned_trial_reproduces_its_steps_on_the_full_budget_schedule(tiny_cfg, tmp_path, capsys):
+    from diffexp.search import StopAt
+
+    # Stopped after 3 of its 6 steps, at a batch's end, as the study's pruner stops a trial (search.TrialReport).
+    train(tiny_cfg("budget.images=96", "trainer.max_steps=1500"), stop=StopAt(3, 48))
+    original = tmp_path / "run"
+    record = json.loads((original / "metrics.json").read_text())
+    assert record["status"] == "pruned" and record["steps"] == 3 and record["images_seen"] == 48
+    assert OmegaConf.load(original / ".hydra" / "config.yaml").trainer.max_steps == 6
+    result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
+    # bit for bit: a 3-step LR schedule (instead of the budget's 6) would change the weights
+    assert result["matched"] and result["same_steps"] and result["steps_compared"] == 3, result
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["status"] == "pruned" and again["images_seen"] == 48
+    assert "MATCHED bit for bit (3 steps compared; pruned at 48 images, as the original)" in capsys.readouterr().out

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,7 @@ class DiffexpOptunaSweeper(Sweeper):
 
         folder = sweep_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which worker ran it
         overrides = [
             *fixed,
             *(f"{k}={as_override(v)}" for k, v in trial.params.items()),
