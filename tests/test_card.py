@@ -148,3 +148,22 @@ def test_predicted_x0_inverts_the_forward_process(prediction):
         x_t = train.add_noise(x0, eps, ts)
         output = {"epsilon": eps, "v_prediction": train.get_velocity(x0, eps, ts), "sample": x0}[prediction]
         torch.testing.assert_close(predicted_x0(scheduler, output, t, x_t), x0, atol=2e-3, rtol=0)
+
+
+def test_figures_read_kid_x1e3_with_intervals_and_a_noise_mark():
+    """The card's, evaluate's and the report's cells: KID x10^3, its interval, `(within noise)` when the interval
+    holds what real images score (KID: 0; the others: the floor's figure)."""
+    from diffexp.report.pages import readable
+    from diffexp.tables import figure_text
+
+    assert figure_text("kid", 0.0021, [-0.0057, 0.0101], 0.005) == "2.1 [-5.7, 10.1] (within noise)"
+    assert figure_text("kid", 0.0021, [0.001, 0.003], 0.0021) == "2.1 [1, 3]"  # holds the floor, not 0
+    assert figure_text("fid", 6.0, [3.9, 8.2], 8.07) == "6 [3.9, 8.2] (within noise)"
+    assert figure_text("fid", 6.0, [3.9, 8.2], 8.07, mark=False) == figure_text("fid", 6.0, None) + " [3.9, 8.2]"
+    run = {"kid": 0.0021, "best kid": 0.0015, "kid 95% CI": "[-0.0057, 0.0101]", "interval": (-0.0057, 0.0101)}
+    rows, columns = readable([run | {"eval": {"floor": {"kid": 0.005}}}], ["run", "kid", "kid 95% CI", "best kid"])
+    assert columns == ["run", "kid x10^3", "kid x10^3 95% CI", "best kid x10^3"]
+    assert rows[0]["kid x10^3"] == pytest.approx(2.1) and rows[0]["best kid x10^3"] == pytest.approx(1.5)
+    assert rows[0]["kid x10^3 95% CI"] == "[-5.7, 10.1] (within noise)"
+    fid = {"fid": 9.0, "fid 95% CI": "[8.5, 9.5]", "interval": (8.5, 9.5), "eval": {"floor": {"fid": 8.07}}}
+    assert readable([fid], ["fid", "fid 95% CI"])[0][0]["fid 95% CI"] == "[8.5, 9.5]"  # clear of the floor
