@@ -16,6 +16,17 @@ from diffusers import DDPMScheduler
 NOISING_T = (0, 50, 100, 250, 500, 750, 999)  # timesteps shown (scaled to the schedule's length)
 
 
+def tile(image: torch.Tensor, size: int):
+    """One image (`[C, H, W]`, uint8, or float in [-1, 1]) as an RGB PIL tile of `size` px, nearest-neighbour."""
+    from PIL import Image
+
+    if image.dtype != torch.uint8:
+        image = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    img = image.cpu()
+    picture = Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy())
+    return picture.convert("RGB").resize((size, size), Image.NEAREST)
+
+
 def labelled_grid(
     rows: list[list[torch.Tensor]],
     column_labels: list[str],
@@ -41,9 +52,7 @@ def labelled_grid(
         y = top + r * (size + gap)
         draw.text((4, y + size // 2 - 6), row_labels[r], fill="black", font=font)
         for c, image in enumerate(images):
-            img = image.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
-            tile = Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy())
-            canvas.paste(tile.convert("RGB").resize((size, size), Image.NEAREST), (left + c * (size + gap), y))
+            canvas.paste(tile(image, size), (left + c * (size + gap), y))
     return canvas
 
 
