@@ -1,8 +1,11 @@
-"""Export: a run's weights as a diffusers `DDPMPipeline` folder with a model card, optionally pushed to the Hub.
+"""Export: a run's weights as a diffusers `DDPMPipeline` folder with its model card, optionally pushed to the Hub.
 
-`python -m diffexp.export run=DIR [out=FOLDER] [push_to_hub=true repo_id=user/name]`; `ema_sigma_rel=X` (runs trained
-with `ema=posthoc`) exports the EMA of width X reconstructed from the run's snapshots, by default into
-`DIR/pipeline-ema_sigma_rel-X`, with that width's own figures on the card (or a line saying it is unscored).
+`python -m diffexp.export run=DIR [weights=final|best] [license=mit] [out=FOLDER] [push_to_hub=true repo_id=user/name]`
+always rebuilds the folder from the run, atomically: the final EMA weights (`checkpoints/last.ckpt`), or the best
+evaluation's (`weights=best`, from `checkpoints/best.ckpt`, into `DIR/pipeline-best`), with the card of those weights
+(`diffexp.card`). `ema_sigma_rel=X` (runs trained with `ema=posthoc`) exports the EMA of width X reconstructed from the
+run's snapshots, by default into `DIR/pipeline-ema_sigma_rel-X`, with that width's own figures on the card (or a line
+saying it is unscored).
 """
 
 from __future__ import annotations
