@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from diffexp.tables import FIGURE_NAMES, figure_text, kid_note
+from diffexp.tables import FIGURE_NAMES, SCALE, figure_text, kid_note
 
 SNIPPET_N, SNIPPET_SEED = 16, 0  # the snippet's sample count and seed (the test reproduces them with diffexp-sample)
 TAGS = ["pytorch", "diffusers", "unconditional-image-generation", "diffusion-models-class", "diffexp"]
@@ -103,7 +103,7 @@ def _step_parameters(cls) -> set[str]:
     return set(inspect.signature(cls.step).parameters)
 
 
-def eval_results(ev: dict, model_name: str, dataset: str, dataset_id: str | None) -> list[EvalResult]:
+def eval_results(ev: dict, dataset: str, dataset_id: str | None) -> list[EvalResult]:
     """`model-index` entries: each figure with what it is and the sample counts behind it."""
     if not ev.get("feature_net") or ev.get("fid") is None:
         return []
@@ -120,7 +120,7 @@ def eval_results(ev: dict, model_name: str, dataset: str, dataset_id: str | None
     for key in FIGURE_NAMES:
         if ev.get(key) is None:
             continue
-        scale = 1e3 if key == "kid" else 1.0
+        scale = SCALE.get(key, 1.0)
         ci = ev.get(f"{key}_ci")
         name = {"fid": METRIC_NAMES.get(net, f"FD ({net} features)"), "kid": f"KID x10^3 ({net} features)"}.get(
             key, f"{key} ({net} features)"
@@ -299,6 +299,7 @@ def model_card(
     dataset, dataset_id, recipe = dataset_label(data, choices), hub_dataset(data), recipe_label(config)
     resolution, channels = data.get("resolution"), data.get("channels", 1)
     name = model_name or f"diffexp-{recipe}-{dataset}".replace(" ", "-").replace(",", "").replace("/", "-")
+    results = eval_results(ev, dataset, dataset_id)
     card_data = ModelCardData(
         model_name=name,
         license=license,
@@ -306,8 +307,8 @@ def model_card(
         pipeline_tag="unconditional-image-generation",
         tags=TAGS,
         datasets=[dataset_id] if dataset_id else None,
-        metrics=[r.metric_type for r in eval_results(ev, name, dataset, dataset_id)] or None,
-        eval_results=eval_results(ev, name, dataset, dataset_id) or None,
+        metrics=[r.metric_type for r in results] or None,
+        eval_results=results or None,
     )
     sampler, steps, options = snippet_sampler(config, ev)
     size = config.get("model", {}).get("sample_size", resolution)
