@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from diffexp.run_folder import atomic_write_text, read_losses
-from diffexp.samplers import Sampler, save_grid
+from diffexp.samplers import Sampler, describe, save_grid
 
 
 class LossHistory(pl.Callback):
@@ -93,18 +93,19 @@ class SampleGrid(pl.Callback):
         images = pl_module.sample_images(self.sampler, self.n, self.seed)
         step = trainer.global_step
         scale = max(1, 64 // images.shape[-1])
-        path = save_grid(images, self.folder / f"step_{step:06d}.png", scale=scale)
-        log_image(trainer, "samples", path, step)
+        info = {"step": step, "sampler": self.sampler.name, "steps": self.sampler.steps, "seed": self.seed}
+        path = save_grid(images, self.folder / f"step_{step:06d}.png", scale=scale, info=info)
+        log_image(trainer, "samples", path, step, caption=describe(info))
         return path
 
 
-def log_image(trainer: pl.Trainer, key: str, path: Path, step: int) -> None:
-    """Sends a PNG to whichever image-capable loggers the trainer has."""
+def log_image(trainer: pl.Trainer, key: str, path: Path, step: int, caption: str | None = None) -> None:
+    """Sends a PNG to whichever image-capable loggers the trainer has (W&B with its caption)."""
     from PIL import Image
 
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.WandbLogger):
-            logger.log_image(key=key, images=[str(path)], step=step)
+            logger.log_image(key=key, images=[str(path)], step=step, **({"caption": [caption]} if caption else {}))
         elif isinstance(logger, pl.loggers.TensorBoardLogger):
             import numpy as np
 

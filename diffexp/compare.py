@@ -26,7 +26,7 @@ from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.report.experiments import name_experiments, write_experiments
 from diffexp.report.importances import section as importances_section
-from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for
+from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for, readable
 from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
 from diffexp.report.ranking import (
     HIGHER_IS_BETTER,
@@ -101,6 +101,8 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     for b in best:
         path = f"conf/experiment/{b['experiment']}.yaml"
         b["experiment config"] = f"[{b['experiment']}]({path})" if b["experiment"] else ""
+    best_columns = ["size", "recipe", "verdict", f"{used} mean", f"{used} 95% CI", "seeds", "samples"]
+    best_columns.append("experiment config")
     text = REPORT.format(
         count=len(board),
         finished=len(board) - len(failed) - len(running) - len(pruned),
@@ -110,10 +112,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         sources=", ".join(f"`{s}`" for s in sources),
         date=f"{datetime.now():%Y-%m-%d %H:%M}",
         notes=header,
-        best=markdown(
-            best,
-            ["size", "recipe", "verdict", f"{used} mean", f"{used} 95% CI", "seeds", "samples", "experiment config"],
-        ),
+        best=markdown(*readable(best, best_columns)),
         experiments="\n".join(
             f"- [conf/experiment/{p.name}](conf/experiment/{p.name})"
             for p in sorted(folder.glob("conf/experiment/*.yaml"))

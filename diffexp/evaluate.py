@@ -30,7 +30,7 @@ from diffexp.metrics import check_sample_count
 from diffexp.run_folder import LoadedRun, load_run
 from diffexp.sample import free_path, pick_device
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
-from diffexp.tables import with_interval, write_table
+from diffexp.tables import FIGURE_NAMES, figure_text, kid_note, within_noise, write_table
 
 log = logging.getLogger("diffexp.evaluate")
 COLUMNS = [
@@ -41,10 +41,10 @@ COLUMNS = [
     "fid_lo",
     "fid_hi",
     "fid_std",
-    "kid",
-    "kid_lo",
-    "kid_hi",
-    "kid_std",
+    "kid_x1e3",
+    "kid_x1e3_lo",
+    "kid_x1e3_hi",
+    "kid_x1e3_std",
     "precision",
     "precision_lo",
     "precision_hi",
@@ -57,6 +57,7 @@ COLUMNS = [
     "class_min",
     "class_max",
     "not_digit",
+    "within_noise",
     "memorised",
     "memorised_heldout",
     "feature_net",
@@ -67,7 +68,7 @@ COLUMNS = [
     "seconds",
     "images_per_s",
 ]
-MD_COLUMNS = ["sampler", "steps", "FID (95% CI)", "KID (95% CI)", "precision (95% CI)", "recall (95% CI)"]
+MD_COLUMNS = ["sampler", "steps", "FID (95% CI)", "KID x10^3 (95% CI)", "precision (95% CI)", "recall (95% CI)"]
 MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real"]
 FLOOR = "floor: real training images"
 
@@ -85,15 +86,23 @@ def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> Reference:
     return Reference.of_data(datamodule, data, net, cfg.eval)
 
 
-def flat_row(figures: dict) -> dict:
-    """A record with `[lo, hi]` intervals as `<name>_lo`/`_hi` columns (CSV) and `value [lo, hi]` cells (Markdown)."""
+def flat_row(figures: dict, floor: dict | None = None) -> dict:
+    """A record with `[lo, hi]` intervals as `<name>_lo`/`_hi` columns (CSV) and `value [lo, hi]` cells (Markdown),
+    KID x10^3 in both, and `within_noise`: the figures whose interval holds the `floor`'s (KID: 0)."""
     row = dict(figures)
     for name in ("fid", "kid", "precision", "recall", "top_prob"):
         ci = figures.get(f"{name}_ci")
         if ci is not None:
             row[f"{name}_lo"], row[f"{name}_hi"] = ci
         if name != "top_prob" and figures.get(name) is not None:
-            row[f"{name.upper() if len(name) == 3 else name} (95% CI)"] = with_interval(figures[name], ci)
+            label = {"fid": "FID", "kid": "KID x10^3"}.get(name, name)
+            reference = (floor or {}).get(name)  # the floor row itself (floor None) gets no mark
+            row[f"{label} (95% CI)"] = figure_text(name, figures[name], ci, reference, mark=floor is not None)
+    for key in ("", "_lo", "_hi", "_std"):
+        if row.get(f"kid{key}") is not None:
+            row[f"kid_x1e3{key}"] = float(row[f"kid{key}"]) * 1e3
+    if floor is not None:
+        row["within_noise"] = " ".join(n for n in FIGURE_NAMES if within_noise(n, figures.get(f"{n}_ci"), floor.get(n)))
     if "n_seeds" in figures:
         row["n_fake x seeds"] = f"{figures['n_fake']} x {figures['n_seeds']}"
     return row
@@ -150,7 +159,7 @@ def run(cfg: DictConfig) -> Path:
             seconds = time.perf_counter() - start
             figures, nearest = reference.score(images, seed=cfg.seed)
             pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
-            row = {"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures)}
+            row = {"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor)}
             rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
             log.info("%s-%d: fid %.3f %s", name, steps, figures["fid"], figures["fid_ci"])
     stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}" + (f"-x{cfg.eval.seeds}" if cfg.eval.seeds > 1 else "")
@@ -166,7 +175,7 @@ def run(cfg: DictConfig) -> Path:
         f"\nAgainst {len(reference.real)} held-out images ({cfg.eval.net} features); intervals 95% (FID: t over "
         f"{cfg.eval.seeds} sampling seeds; KID, precision, recall: bootstrap). memorised: share of samples nearer a "
         f"training image than all but {reference.memorised_heldout:.1%} of held-out images are "
-        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}.\n"
+        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}. {kid_note()}\n"
     )
     with path.with_suffix(".md").open("a") as f:
         f.write(note)
@@ -210,7 +219,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         records[f"{float(w):g}"] = figures
         pictures.append((figures["memorised"], float(w), nearest))
         seconds = round(time.perf_counter() - start, 2)
-        rows.append({"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures), "seconds": seconds})
+        rows.append({"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor), "seconds": seconds})
         log.info("ema_sigma_rel %g: fid %.3f %s", w, figures["fid"], figures["fid_ci"])
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
@@ -225,7 +234,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         f.write(
             f"\nEMA of each width reconstructed from {held['snapshots']} snapshots at step {held['step']}; against "
             f"{len(reference.real)} held-out images, intervals 95% (FID: t over {cfg.eval.seeds} sampling seeds). "
-            f"{picture.name} shows width {shown:g}.\n"
+            f"{picture.name} shows width {shown:g}. {kid_note()}\n"
         )
     print(path.with_suffix(".md").read_text())
     return path

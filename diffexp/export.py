@@ -1,8 +1,11 @@
-"""Export: a run's weights as a diffusers `DDPMPipeline` folder with a model card, optionally pushed to the Hub.
+"""Export: a run's weights as a diffusers `DDPMPipeline` folder with its model card, optionally pushed to the Hub.
 
-`python -m diffexp.export run=DIR [out=FOLDER] [push_to_hub=true repo_id=user/name]`; `ema_sigma_rel=X` (runs trained
-with `ema=posthoc`) exports the EMA of width X reconstructed from the run's snapshots, by default into
-`DIR/pipeline-ema_sigma_rel-X`, with that width's own figures on the card (or a line saying it is unscored).
+`python -m diffexp.export run=DIR [weights=final|best] [license=mit] [out=FOLDER] [push_to_hub=true repo_id=user/name]`
+always rebuilds the folder from the run, atomically: the final EMA weights (`checkpoints/last.ckpt`), or the best
+evaluation's (`weights=best`, from `checkpoints/best.ckpt`, into `DIR/pipeline-best`), with the card of those weights
+(`diffexp.card`). `ema_sigma_rel=X` (runs trained with `ema=posthoc`) exports the EMA of width X reconstructed from the
+run's snapshots, by default into `DIR/pipeline-ema_sigma_rel-X`, with that width's own figures on the card (or a line
+saying it is unscored).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 import hydra
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -23,91 +25,8 @@ from diffexp.run_folder import atomic_folder, read_metrics
 
 log = logging.getLogger("diffexp.export")
 
-CARD = """---
-library_name: diffusers
-pipeline_tag: unconditional-image-generation
-tags:
-- pytorch
-- diffusers
-- unconditional-image-generation
-- diffusion-models-class
-- diffexp
----
-
-# {title}
-
-An unconditional image diffusion model ({params:.2f}M-parameter `UNet2DModel`, {resolution} px, {channels} channel(s))
-trained with diffexp on `{dataset}`.
-{grid}
-## Usage
-
-```python
-from diffusers import DDPMPipeline
-
-pipeline = DDPMPipeline.from_pretrained("{repo}")
-images = pipeline(batch_size=16).images
-```
-
-## Recipe
-
-{recipe}
-
-## Figures
-
-{quality}{figures}
-
-The full Hydra config is in `diffexp_config.json`; `diffexp-reproduce` re-runs it.
-"""
-
-
-def _table(d: dict[str, Any]) -> str:
-    rows = [f"| `{k}` | {v} |" for k, v in d.items() if not isinstance(v, dict)]
-    return "| setting | value |\n| --- | --- |\n" + "\n".join(rows) if rows else "(none)"
-
-
-def quality(ev: dict) -> str:
-    """The final evaluation in words: each figure with its interval, against what, the floor, memorisation."""
-    if not isinstance(ev, dict) or "fid" not in ev or "floor" not in ev:
-        return ""
-    from diffexp.tables import with_interval
-
-    seeds = ev.get("n_seeds", 1)
-    floor = ev["floor"]
-    lines = [
-        f"Scored against {ev['n_real']} held-out images the model never trained on ({ev['feature_net']} features, "
-        f"{ev['n_fake']} samples from each of {seeds} sampling seed(s), {ev.get('sampler')}-{ev.get('sampler_steps')}; "
-        f"95% intervals: FID over the seeds, the others by bootstrap):",
-        "",
-        "| figure | samples | real training images (the floor) |",
-        "| --- | --- | --- |",
-    ]
-    for name in ("fid", "kid", "precision", "recall"):
-        figure, real = with_interval(ev[name], ev.get(f"{name}_ci")), with_interval(floor[name], None)
-        lines.append(f"| {name} | {figure} | {real} |")
-    if "top_prob" in ev:
-        lines.append(f"| top_prob | {with_interval(ev['top_prob'], ev.get('top_prob_ci'))} | |")
-        lines.append(f"| not a digit | {ev.get('not_digit', 0):.1%} | |")
-    lines += [
-        "",
-        f"Memorised: {ev['memorised']:.1%} of samples lie nearer a training image than all but "
-        f"{ev['memorised_heldout']:.1%} of held-out images do (in {ev.get('memorised_space')}).",
-        "",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def posthoc_note(posthoc: dict, ev: dict) -> str:
-    """What a post-hoc EMA export holds, and whether the figures below are that width's own."""
-    if not posthoc:
-        return ""
-    line = (
-        f"These weights are the EMA of relative width sigma_rel {posthoc['ema_sigma_rel']:g}, reconstructed after "
-        f"training (EDM2's post-hoc EMA) from {posthoc['snapshots']} snapshots, at step {posthoc['step']}. "
-    )
-    if not ev:
-        return line + "This width is unscored: `diffexp-evaluate run=RUN ema_sigma_rel=[...]` scores it.\n\n"
-    return line + f"The figures below are this width's own ({posthoc['scored_by']}).\n\n"
+DEFAULT_LICENSE = "other"  # the export command's `license` default (conf/export.yaml); training's card uses it too
+WEIGHTS = ("final", "best")
 
 
 def width_figures(run_dir: Path, record: dict, sigma_rel: float) -> tuple[dict, str | None]:
@@ -124,40 +43,31 @@ def width_figures(run_dir: Path, record: dict, sigma_rel: float) -> tuple[dict, 
     return {}, None
 
 
-def model_card(config: dict, metrics: dict, repo: str, has_grid: bool) -> str:
-    """The Hub's model card conventions: YAML header, usage, the recipe and its figures."""
-    choices = config.get("choices", {})
-    data = config.get("data", {})
-    recipe = {f"{group}": choice for group, choice in choices.items()}
-    recipe.update(
-        {
-            "lr": config.get("optim", {}).get("optimizer", {}).get("lr"),
-            "batch_size": data.get("batch_size"),
-            "steps": config.get("trainer", {}).get("max_steps"),
-            "ema_sigma_rel": (config.get("ema") or {}).get("sigma_rel"),
-            "prediction_type": config.get("schedule", {}).get("prediction_type"),
-            "beta_schedule": config.get("schedule", {}).get("beta_schedule"),
-            "seed": config.get("seed"),
-        }
+def weights_text(config: dict, metrics: dict, ev: dict, weights: str, step: int | None) -> str:
+    """Which weights the pipeline holds, in words."""
+    ema = "EMA weights" if config.get("ema") else "trained weights (the run used no EMA)"
+    if weights == "best":
+        monitor = (config.get("eval") or {}).get("monitor") or "fid"
+        return (
+            f"The pipeline holds the {ema} of the best evaluation during training (step {ev.get('step', step)}, by "
+            f"{monitor}), kept in `checkpoints/best.ckpt`; the run's final weights are in its `pipeline/`."
+        )
+    return f"The pipeline holds the {ema} at the final step ({step if step is not None else metrics.get('steps')})."
+
+
+def grid_for(run_dir: Path, step: int | None, config: dict) -> tuple[Path | None, str | None]:
+    """The preview grid made at `step` (those weights' own), with its caption; (None, None) when there is none."""
+    if step is None:
+        return None, None
+    grid = run_dir / "samples" / f"step_{int(step):06d}.png"
+    if not grid.exists():
+        return None, None
+    preview, sampler = config.get("preview") or {}, config.get("sampler") or {}
+    caption = (
+        f"the preview grid at step {int(step)}: {preview.get('n', '?')} images from the fixed preview seed "
+        f"{preview.get('seed', 0)}, {sampler.get('name')} at {sampler.get('steps')} steps."
     )
-    ev = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
-    posthoc = metrics.get("posthoc") or {}
-    if posthoc or ev.get("ema_sigma_rel") is not None:  # ema=posthoc: the width the weights hold
-        recipe["ema_sigma_rel"] = posthoc.get("ema_sigma_rel", ev.get("ema_sigma_rel"))
-    figures = {k: v for k, v in metrics.items() if k not in ("environment", "recipe") and not isinstance(v, dict)}
-    figures.update({k: v for k, v in ev.items() if not isinstance(v, list | dict)})
-    return CARD.format(
-        title=repo.split("/")[-1],
-        params=metrics.get("parameters", 0) / 1e6,
-        resolution=data.get("resolution"),
-        channels=data.get("channels"),
-        dataset=data.get("name", choices.get("data", "?")),
-        grid="\n![samples](samples.png)\n" if has_grid else "",
-        repo=repo,
-        recipe=_table(recipe),
-        quality=posthoc_note(posthoc, ev) + quality(ev),
-        figures=_table(figures),
-    )
+    return grid, caption
 
 
 def export_pipeline(
@@ -167,60 +77,142 @@ def export_pipeline(
     config: dict,
     metrics: dict,
     grid: Path | None = None,
+    *,
+    weights: str = "final",
+    license: str = DEFAULT_LICENSE,
+    repo_id: str | None = None,
+    run_dir: Path | None = None,
+    step: int | None = None,
+    grid_caption: str | None = None,
 ) -> Path:
-    """Writes the pipeline (safetensors) and its model card; an existing export is replaced only whole."""
-    with atomic_folder(Path(folder)) as tmp:
+    """Writes the pipeline (safetensors) and its model card; an existing export is replaced only whole.
+
+    The card's figures are those of the weights written: `metrics["eval"]` for the final weights (when it was made
+    at the final step), `metrics["eval_best"]` for `weights="best"`; a post-hoc width's come in `metrics["eval"]`
+    with `metrics["posthoc"]`.
+    """
+    from diffexp.card import model_card
+
+    folder = Path(folder)
+    posthoc = metrics.get("posthoc") or {}
+    step = step if step is not None else metrics.get("steps")
+    ev = (metrics.get("eval_best") if weights == "best" else metrics.get("eval")) or {}
+    if not isinstance(ev, dict) or (not posthoc and weights == "final" and step is not None and ev.get("step") != step):
+        ev = {}  # an evaluation of other weights (an earlier step) says nothing about these
+    if grid is not None and not grid_caption:
+        grid_caption = f"the preview grid {grid.name}, {(config.get('sampler') or {}).get('name')} samples."
+    with atomic_folder(folder) as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / "diffexp_config.json").write_text(json.dumps(config, indent=2, default=str))
-        if grid is not None and grid.exists():
+        if grid is not None:
             shutil.copyfile(grid, tmp / "samples.png")
-        repo = config.get("export", {}).get("repo_id") or Path(folder).parent.name
-        (tmp / "README.md").write_text(model_card(config, metrics, repo, grid is not None and grid.exists()))
-    return Path(folder)
+        card = model_card(
+            config,
+            metrics,
+            ev,
+            source=repo_id or str(folder.resolve()),
+            scheduler=scheduler,
+            weights=weights_text(config, metrics, ev, weights, step),
+            license=license,
+            model_name=repo_id.split("/")[-1] if repo_id else None,
+            posthoc=posthoc,
+            grid_caption=grid_caption if grid is not None else None,
+            run_dir=str(run_dir) if run_dir is not None else None,
+        )
+        card.save(tmp / "README.md")
+    return folder
 
 
 def run(cfg: DictConfig) -> Path:
-    from diffexp.run_folder import load_run
+    """Rebuilds the export from the run: weights from its checkpoint (`final`: last.ckpt's EMA, `best`: best.ckpt's),
+    the card from its metrics; writes `RUN/pipeline` (or `pipeline-best`, `pipeline-ema_sigma_rel-X`, `out=`)."""
+    from diffexp.run_folder import load_checkpoint, load_run
 
-    run_dir = Path(cfg.run).expanduser()
+    folder = Path(cfg.run).expanduser()
     if cfg.push_to_hub and not cfg.repo_id:
         raise ConfigError("push_to_hub=true needs repo_id=<user>/<name>: add it")
+    weights = cfg.get("weights", "final")
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights}: use weights=final (the final EMA weights) or weights=best")
+    if not cfg.license or not isinstance(cfg.license, str):
+        raise ConfigError(f"license={cfg.license}: give a Hub license id (e.g. mit, apache-2.0, cc-by-4.0, other)")
     width = cfg.get("ema_sigma_rel")
     if width is not None:
-        from diffexp.posthoc import check_sigma_rel_setting, load_width
+        from diffexp.posthoc import check_sigma_rel_setting
 
         check_sigma_rel_setting(width, "ema_sigma_rel")
-    loaded = load_run(run_dir)
+        if weights == "best":
+            raise ConfigError("weights=best with ema_sigma_rel: a reconstructed width is of the final step; drop one")
+    standalone = (folder / "model_index.json").exists()  # run= names a pipeline folder (RUN/pipeline, or any)
+    run_dir = folder.parent if standalone and (folder.parent / "metrics.json").exists() else folder
     metrics = read_metrics(run_dir)
-    default_out = run_dir / ("pipeline" if width is None else f"pipeline-ema_sigma_rel-{float(width):g}")
+    checkpoints = run_dir / "checkpoints"
+    if weights == "best" and not (checkpoints / "best.ckpt").exists():
+        raise ConfigError(
+            f"weights=best: {checkpoints / 'best.ckpt'} does not exist (the run kept no best evaluation's weights): "
+            f"train with checkpoint.keep_best=true, or export weights=final"
+        )
+    if standalone and run_dir == folder:
+        default_out = folder
+    else:
+        name = {"best": "pipeline-best"}.get(weights, "pipeline")
+        default_out = run_dir / (name if width is None else f"pipeline-ema_sigma_rel-{float(width):g}")
     out = Path(cfg.out).expanduser() if cfg.out else default_out
+    if out.exists() and not (out / "diffexp_config.json").exists() and out.resolve() != folder.resolve():
+        raise ConfigError(f"out={out} already holds something that is not a diffexp export: choose another out=")
+    if cfg.push_to_hub:
+        check_hub(out, cfg.repo_id)
+    if weights == "best":
+        loaded = load_checkpoint(checkpoints / "best.ckpt", run_dir)
+    elif (checkpoints / "last.ckpt").exists():
+        loaded = load_checkpoint(checkpoints / "last.ckpt", run_dir)
+    else:  # a pipeline folder alone: its own (final) weights, read into memory before it is rebuilt
+        loaded = load_run(folder)
+    step = loaded.step if loaded.step is not None else metrics.get("steps")
     if width is not None:
+        from diffexp.posthoc import load_width
+
         held = load_width(loaded.unet, run_dir, float(width))
         figures, scored_by = width_figures(run_dir, metrics, float(width))
         metrics = metrics | {"eval": figures, "posthoc": held | {"scored_by": scored_by}}
-    if out.exists() and not (out / "diffexp_config.json").exists() and out.resolve() != loaded.source.resolve():
-        raise ConfigError(f"out={out} already holds something that is not a diffexp export: choose another out=")
-    if out.resolve() != loaded.source.resolve():
-        grids = sorted((run_dir / "samples").glob("step_*.png"))
-        grid = grids[-1] if grids and width is None else None  # the previews show the run's own width
-        export_pipeline(loaded.unet, loaded.scheduler, out, loaded.config, metrics, grid)
-        log.info("exported %s", out)
+    grid, caption = grid_for(run_dir, step, loaded.config) if width is None else (None, None)
+    export_pipeline(
+        loaded.unet,
+        loaded.scheduler,
+        out,
+        loaded.config,
+        metrics,
+        grid,
+        weights=weights,
+        license=cfg.license,
+        repo_id=cfg.repo_id if cfg.push_to_hub else None,
+        run_dir=run_dir,
+        step=step,
+        grid_caption=caption,
+    )
+    log.info("exported %s (%s weights, step %s)", out, weights, step)
+    print(out)
     if cfg.push_to_hub:
         push(out, cfg.repo_id, cfg.private)
     return out
 
 
-def push(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Uploads the pipeline folder with `huggingface_hub`; offline it fails at once with one line."""
-    from huggingface_hub import HfApi
-
+def check_hub(folder: Path, repo_id: str) -> None:
+    """Offline, `push_to_hub=true` fails at once with one line, before anything is written."""
     from diffexp.data import _hub_reachable
 
     if not _hub_reachable():
         raise ConfigError(
-            f"push_to_hub=true: the Hugging Face Hub cannot be reached from here; the pipeline is at {folder}: "
-            f"upload it later from a machine with network (huggingface-cli upload {repo_id} {folder})"
+            f"push_to_hub=true: the Hugging Face Hub cannot be reached from here: export without it and upload "
+            f"{folder} later from a machine with network (huggingface-cli upload {repo_id} {folder})"
         )
+
+
+def push(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Uploads the pipeline folder with `huggingface_hub`."""
+    from huggingface_hub import HfApi
+
+    check_hub(folder, repo_id)
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="diffexp export")

@@ -140,8 +140,9 @@ def provenance() -> dict[str, Any]:
 class LoadedRun:
     """A trained model read back from a run folder or a pipeline folder."""
 
-    def __init__(self, unet, scheduler, config: dict, source: Path) -> None:
+    def __init__(self, unet, scheduler, config: dict, source: Path, step: int | None = None) -> None:
         self.unet, self.scheduler, self.config, self.source = unet, scheduler, config, source
+        self.step = step  # the training step of a checkpoint's weights (None for a pipeline folder)
 
 
 def load_run(folder: Path) -> LoadedRun:
@@ -166,14 +167,15 @@ def load_run(folder: Path) -> LoadedRun:
         return LoadedRun(pipe.unet.eval(), pipe.scheduler, config, pipeline)
     ckpt = folder / "checkpoints" / "last.ckpt"
     if ckpt.exists():
-        return _load_checkpoint(ckpt, folder)
+        return load_checkpoint(ckpt, folder)
     raise ConfigError(
         f"run={folder} is neither a run folder (with pipeline/ or checkpoints/last.ckpt) nor a diffusers pipeline "
         f"folder (with model_index.json): point run= at one"
     )
 
 
-def _load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
+def load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
+    """A checkpoint's averaged weights (EMA where the run used it; ema=posthoc: its width in use)."""
     from diffexp.config import instantiate
 
     try:
@@ -194,4 +196,4 @@ def _load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
             shadows = checkpoint_average(state["ema"], folder / "ema", [n for n, _ in unet.named_parameters()])
         for p, shadow in zip(unet.parameters(), shadows, strict=True):
             p.data.copy_(shadow)
-    return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt)
+    return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt, state.get("global_step"))

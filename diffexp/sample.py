@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import load_run
-from diffexp.samplers import save_grid, seeded_noise
+from diffexp.run_folder import load_run, read_metrics
+from diffexp.samplers import describe, save_grid, seeded_noise
 
 log = logging.getLogger("diffexp.sample")
 
@@ -52,11 +52,22 @@ def run(cfg: DictConfig) -> Path:
             f"training timesteps: lower sampler.steps"
         )
     noise, generator = seeded_noise(cfg.n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)
-    images = to_uint8(sampler(unet, loaded.scheduler, noise, generator=generator))
+    trajectory = [] if cfg.trajectory else None
+    images = to_uint8(sampler(unet, loaded.scheduler, noise, generator=generator, trajectory=trajectory))
 
     stem = f"{sampler.name}-{sampler.steps}steps-seed{cfg.seed}-n{cfg.n}"
     folder = Path(cfg.run) / "samples"
-    path = save_grid(images, free_path(folder, stem), nrow=cfg.nrow, scale=max(1, 64 // unet.config.sample_size))
+    step = loaded.step if loaded.step is not None else read_metrics(Path(cfg.run)).get("steps")
+    info = {"step": step, "sampler": sampler.name, "steps": sampler.steps, "seed": cfg.seed, "n": cfg.n}
+    scale = max(1, 64 // unet.config.sample_size)
+    path = save_grid(images, free_path(folder, stem), nrow=cfg.nrow, scale=scale, info=info)
+    if trajectory is not None:
+        from diffexp.plots import plot_trajectory
+
+        picture = free_path(folder, f"{path.stem}-trajectory")
+        title = f"denoising trajectory: {describe(info)}"
+        plot_trajectory(trajectory, picture, title, info=info, final=images.cpu())
+        log.info("wrote %s", picture)
     if cfg.singles:
         singles = path.with_suffix("")
         for i, img in enumerate(images):

@@ -44,25 +44,31 @@ SCHEDULERS = {
 }
 
 
-def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> SchedulerMixin:
-    """A diffusers scheduler of kind `name` on the training schedule's exact betas."""
+def scheduler_settings(name: str, train_scheduler: DDPMScheduler, **options) -> dict:
+    """What `sampling_scheduler` sets on top of the training scheduler's config (the model card's snippet writes
+    these out, so it builds the very scheduler diffexp samples with); `trained_betas` is the training betas."""
     if name not in SCHEDULERS:
         raise ConfigError(f"sampler.name={name!r}: use one of {sorted(SCHEDULERS)}")
-    cls, defaults = SCHEDULERS[name]
-    # diffusers' from_config drops keys listed in `_use_default_values`: without this, trained_betas would be lost.
-    config = {k: v for k, v in train_scheduler.config.items() if k != "_use_default_values"}
-    config.update(
-        trained_betas=train_scheduler.betas.tolist(),
-        beta_schedule="linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise
+    return {
+        "trained_betas": train_scheduler.betas.tolist(),
+        "beta_schedule": "linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise
         # The training betas are already rescaled where asked; the flag also makes DPM-Solver++, UniPC and Euler
         # set the last alphas_cumprod to 2**-24 instead of 0, whose log-SNR (-inf) makes their steps NaN. Rescaling
         # rescaled betas again changes them by float rounding only (terminal sqrt(alpha_bar) is already 0).
-        rescale_betas_zero_snr=bool(train_scheduler.config.get("rescale_betas_zero_snr", False)),
-        timestep_spacing="trailing",
-        steps_offset=0,
-    )
-    config.update(defaults)
-    return cls.from_config(config, **options)
+        "rescale_betas_zero_snr": bool(train_scheduler.config.get("rescale_betas_zero_snr", False)),
+        "timestep_spacing": "trailing",
+        "steps_offset": 0,
+        **SCHEDULERS[name][1],
+        **options,
+    }
+
+
+def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> SchedulerMixin:
+    """A diffusers scheduler of kind `name` on the training schedule's exact betas."""
+    settings = scheduler_settings(name, train_scheduler, **options)
+    # diffusers' from_config drops keys listed in `_use_default_values`: without this, trained_betas would be lost.
+    config = {k: v for k, v in train_scheduler.config.items() if k != "_use_default_values"}
+    return SCHEDULERS[name][0].from_config(config | settings)
 
 
 @torch.no_grad()
@@ -73,11 +79,13 @@ def sample(
     steps: int,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    trajectory: list | None = None,
     **step_options,
 ) -> torch.Tensor:
     """The reverse process: start from `noise`, then for each t: predict with the UNet, `scheduler.step`.
 
-    `step_options` go to every `scheduler.step` (e.g. `eta` for DDIM). Returns images in [-1, 1].
+    `step_options` go to every `scheduler.step` (e.g. `eta` for DDIM). Returns images in [-1, 1]. A `trajectory`
+    list receives `(t, x_t, predicted x0)` at every step (on the CPU); recording changes no sample.
     """
     scheduler.set_timesteps(steps, device=noise.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
@@ -86,9 +94,27 @@ def sample(
     for t in tqdm(
         scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
     ):
-        model_output = unet(scheduler.scale_model_input(x, t), t).sample
-        x = scheduler.step(model_output, t, x, **extra).prev_sample
+        model_input = scheduler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1), the x_t of the DDPM maths
+        model_output = unet(model_input, t).sample
+        out = scheduler.step(model_output, t, x, **extra)
+        if trajectory is not None:
+            x0 = getattr(out, "pred_original_sample", None)
+            x0 = predicted_x0(scheduler, model_output, t, model_input) if x0 is None else x0
+            trajectory.append((int(t), model_input.cpu(), x0.cpu()))
+        x = out.prev_sample
     return x.clamp(-1, 1)
+
+
+def predicted_x0(scheduler: SchedulerMixin, model_output: torch.Tensor, t, x_t: torch.Tensor) -> torch.Tensor:
+    """x0 from the model output and the schedule's alphas, for schedulers whose step returns none (DPM-Solver++,
+    UniPC): epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a); v: sqrt(a) x_t - sqrt(1 - a) v; sample: the output."""
+    a = scheduler.alphas_cumprod.to(x_t.device)[int(t)].to(x_t.dtype)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x_t - (1 - a).sqrt() * model_output) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x_t - (1 - a).sqrt() * model_output
+    return model_output
 
 
 class Sampler:
@@ -128,7 +154,9 @@ class Sampler:
         noise: torch.Tensor,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        trajectory: list | None = None,
     ) -> torch.Tensor:
+        """Samples from `noise`; `trajectory` (a list) records the first batch's steps (see `sample`)."""
         if self.steps > train_scheduler.config.num_train_timesteps:
             raise ConfigError(
                 f"sampler.steps={self.steps} exceeds the {train_scheduler.config.num_train_timesteps} training "
@@ -136,9 +164,10 @@ class Sampler:
             )
         scheduler = sampling_scheduler(self.name, train_scheduler, **self.scheduler_options)
         chunks = [
-            sample(unet, scheduler, chunk, self.steps, generator, progress, **self.step_options)
-            for chunk in noise.split(self.batch_size)
-        ]
+            sample(unet, scheduler, chunk, self.steps, generator, progress, trajectory if i == 0 else None,
+                   **self.step_options)
+            for i, chunk in enumerate(noise.split(self.batch_size))
+        ]  # fmt: skip
         return torch.cat(chunks)
 
 
@@ -168,13 +197,32 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2):
     return Image.fromarray(grid[..., 0] if c == 1 else grid)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1, pad: int = 2) -> Path:
-    """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible."""
+def save_grid(
+    images: torch.Tensor,
+    path: Path,
+    nrow: int | None = None,
+    scale: int = 1,
+    pad: int = 2,
+    info: dict | None = None,
+) -> Path:
+    """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible; `info` goes
+    into the PNG's text chunks (e.g. step, sampler, steps: what made the grid)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     grid = image_grid(images, nrow, pad)
     if scale > 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    text = PngInfo()
+    for key, value in (info or {}).items():
+        text.add_text(str(key), str(value))
+    grid.save(path, pnginfo=text)
     return path
+
+
+def describe(info: dict) -> str:
+    """`step 250, dpm_solver_sde, 25 steps, seed 0`: a grid's caption from its PNG text."""
+    parts = [f"step {info['step']}" if info.get("step") is not None else None, info.get("sampler")]
+    parts += [f"{info['steps']} steps" if "steps" in info else None, f"seed {info['seed']}" if "seed" in info else None]
+    return ", ".join(p for p in parts if p)

@@ -19,6 +19,34 @@ def with_interval(value: float, ci: list[float] | None) -> str:
     return cell(float(value)) + (f" [{cell(float(ci[0]))}, {cell(float(ci[1]))}]" if ci is not None else "")
 
 
+FIGURE_NAMES = ("fid", "kid", "precision", "recall")  # the quality figures every evaluation gives
+SCALE = {"kid": 1e3}  # KID is shown x10^3, as papers print it (raw values are 1e-4..1e-2)
+NOISE_MARK = "(within noise)"
+
+
+def within_noise(name: str, ci: list[float] | None, floor: float | None) -> bool:
+    """Whether a figure cannot be told from real data's: its 95% interval holds what real images score (the floor;
+    for KID 0, its expected value when samples and real images come from one distribution)."""
+    reference = 0.0 if name == "kid" else floor
+    return ci is not None and reference is not None and float(ci[0]) <= float(reference) <= float(ci[1])
+
+
+def figure_text(
+    name: str, value: float, ci: list[float] | None, floor: float | None = None, mark: bool = True
+) -> str:
+    """`0.42 [-0.1, 0.9] (within noise)`: a figure in its shown units (KID x10^3), its interval, the noise mark."""
+    scale = SCALE.get(name, 1.0)
+    shown = with_interval(float(value) * scale, [float(c) * scale for c in ci] if ci is not None else None)
+    return shown + (f" {NOISE_MARK}" if mark and within_noise(name, ci, floor) else "")
+
+
+def kid_note() -> str:
+    return (
+        f"KID is shown x10^3; {NOISE_MARK} marks a figure whose 95% interval holds what real images score (the "
+        "floor; for KID 0): at these sample counts it cannot be told from real data's."
+    )
+
+
 def markdown(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of `columns`; floats to 4 significant digits, missing values empty."""
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]

@@ -29,6 +29,7 @@ from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
+from diffexp.plots import plot_noising
 from diffexp.posthoc import Snapshots, check_posthoc
 from diffexp.run_folder import (
     atomic_write_text,
@@ -187,6 +188,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
             wandb_id=record.get("wandb_id") or _new_id(),
         )
         plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
+        plot_noising(scheduler, datamodule.images[:4], run_dir / "plots" / "noising.png", seed=cfg.seed)
 
     losses = LossHistory(run_dir / "losses.csv")
     callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
@@ -240,7 +242,8 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     if not losses.failure:
         grids = sorted((run_dir / "samples").glob("step_*.png"))
         with module.ema_weights() as ema_unet:
-            export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grids[-1] if grids else None)
+            grid = grids[-1] if grids else None
+            export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grid, run_dir=run_dir)
     if isinstance(logger, pl.loggers.WandbLogger):
         flat = flatten({k: v for k, v in summary.items() if k != "eval_history" and v is not None})
         logger.experiment.summary.update(flat | {"parameters": parameters})

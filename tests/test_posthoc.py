@@ -53,10 +53,10 @@ def test_reconstruction_at_0_07_is_near_a_tracked_power_ema(tmp_path):
     # A run read back from its checkpoint (as an unfinished one is) holds the width in use, as its pipeline does.
     from diffusers import DDPMPipeline
 
-    from diffexp.run_folder import _load_checkpoint
+    from diffexp.run_folder import load_checkpoint
 
     folder = tmp_path / "posthoc"
-    restored = _load_checkpoint(folder / "checkpoints" / "last.ckpt", folder).unet
+    restored = load_checkpoint(folder / "checkpoints" / "last.ckpt", folder).unet
     exported = DDPMPipeline.from_pretrained(folder / "pipeline").unet
     pairs = zip(restored.parameters(), exported.parameters(), strict=True)
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in pairs)

@@ -121,6 +121,8 @@ def test_wandb_offline_run_holds_config_losses_and_images(tiny_cfg, tmp_path):
     assert [float(line.split(",")[2]) for line in lrs] == [h["train/lr"] for h in rec["history"] if "train/lr" in h]
     images = [f for f in rec["files"] if f.startswith("media/images/samples")]
     assert len(images) >= 2 and all((wandb_dir / "files" / f).exists() for f in images)
+    captions = [h["samples/captions"] for h in rec["history"] if "samples/captions" in h]
+    assert captions[0] == ["step 2, dpm_solver_sde, 3 steps, seed 0"]  # what made the grid, as its PNG text says
     assert rec["summary"]["images_seen"] == 64 and rec["summary"]["parameters"] > 0
     assert "train_seconds" in rec["summary"] and rec["exit"] == 0
     assert "model=tiny" in rec["run"]["tags"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from diffexp.report.ranking import spread
-from diffexp.tables import cell, markdown
+from diffexp.tables import NOISE_MARK, SCALE, cell, markdown, within_noise
 
 # "{m} 95% CI" of a run: over its sampling seeds; of a recipe: over its training seeds. "samples": sampling seeds x
 # samples per seed behind each run's figure.
@@ -28,6 +30,29 @@ def columns_for(template: list[str], metric: str, posthoc: bool = False) -> list
     return list(dict.fromkeys(columns))
 
 
+def readable(rows: list[dict], columns: list[str]) -> tuple[list[dict], list[str]]:
+    """The rows and columns as people read them: KID columns x10^3 (said in the header), and a run's interval
+    marked `(within noise)` where it holds what real images score (the run's floor; KID: 0)."""
+    renamed = {c: c.replace("kid", "kid x10^3", 1) for c in columns if re.match(r"(best )?kid( |$)", c)}
+    out = []
+    for r in rows:
+        r = dict(r)
+        for c in renamed:
+            value = r.get(c)
+            if isinstance(value, int | float):
+                r[c] = value * SCALE["kid"]
+            elif isinstance(value, str) and value.startswith("["):  # "[lo, hi]"
+                lo, hi = (float(v) * SCALE["kid"] for v in value.strip("[]").split(","))
+                r[c] = f"[{cell(lo)}, {cell(hi)}]"
+        metric = next((c.removesuffix(" 95% CI") for c in columns if c.endswith(" 95% CI")), None)
+        floor = (r["eval"].get("floor") or {}) if isinstance(r.get("eval"), dict) else {}
+        ci_column = f"{metric} 95% CI"
+        if r.get("interval") and r.get(ci_column) and within_noise(metric, r["interval"], floor.get(metric)):
+            r[ci_column] = f"{r[ci_column]} {NOISE_MARK}"
+        out.append({renamed.get(k, k): v for k, v in r.items()})
+    return out, [renamed.get(c, c) for c in columns]
+
+
 def by_size(rows: list[dict], columns: list[str], noun: str) -> str:
     """A Markdown table per model size, smallest first (rows come grouped by size and basis)."""
     parts = []
@@ -35,7 +60,7 @@ def by_size(rows: list[dict], columns: list[str], noun: str) -> str:
         mine = [r for r in rows if r["size"] == size]
         params = min((r["parameters"] for r in mine if r.get("parameters")), default=None)
         size_note = f", {params / 1e6:.3g}M parameters" if params else ""
-        parts.append(f"## {size} ({len(mine)} {noun}{size_note})\n\n" + markdown(mine, columns))
+        parts.append(f"## {size} ({len(mine)} {noun}{size_note})\n\n" + markdown(*readable(mine, columns)))
     return "\n".join(parts)
 
 
