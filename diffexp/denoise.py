@@ -17,7 +17,8 @@ estimate of the clean image is scored, whatever the model predicts.
 - `denoise`: the mean over the levels of the weighted errors (lower is better); `denoise_levels` holds each level's
   unweighted x0 error.
 - Noise: `torch.Generator().manual_seed(NOISE_SEED + k)` for level k (never the global RNG), on the CPU, so two
-  runs, resumed or not, see the same noise; images: the first `IMAGES` of the held-out set's seed-0 permutation.
+  runs, resumed or not, see the same noise; images: the first `eval.denoise_images` (256) of the held-out
+  set's seed-0 permutation (the figure compares runs at equal counts only).
 
 Good for: comparing recipes on one dataset at one resolution, whatever their target, schedule or weighting, with no
 feature net. Not a sample-quality metric: it scores one denoising step, not the sampler's chain, so it says nothing
@@ -33,7 +34,7 @@ from torch import Tensor
 
 LEVELS = (-6.0, -3.0, 0.0, 3.0, 6.0)  # log-SNR levels, natural log
 NOISE_SEED = 20240  # the fixed noise of level k comes from NOISE_SEED + k
-IMAGES = 256  # held-out images scored (the first of a seed-0 permutation; all where there are fewer)
+IMAGES = 256  # held-out images scored by default (`eval.denoise_images`; the first of a seed-0 permutation)
 WEIGHTING = "mean over log-SNR levels of (1 + SNR) * x0 MSE (the v-prediction error)"  # recorded with the figure
 
 
