@@ -22,6 +22,7 @@ from diffexp.errors import ConfigError
 from diffexp.features import PIXEL_SPACE, pixel_space
 from diffexp.metrics import (
     MEMORISED_FACTOR,
+    fd_refusal,
     fid,
     kid,
     memorisation_threshold,
@@ -124,7 +125,9 @@ class Reference:
         if str(n) not in saved:
             train = self.train_feats[:n]
             p, r = precision_recall(self.real, train)
-            figures = {"fid": fid(self.real, train), "kid": kid(self.real, train, self.kid_subset_size)[0]}
+            fd = fd_refusal(len(self.real), n, self.real.shape[1], self.net.name) is None
+            figures = {"fid": fid(self.real, train) if fd else None}
+            figures["kid"] = kid(self.real, train, self.kid_subset_size)[0]
             saved[str(n)] = figures | {"precision": p, "recall": r, "n": n}
             _atomic_json(sidecar, saved)
         self.floors[n] = saved[str(n)]
@@ -144,6 +147,7 @@ class Reference:
         and indices.
         """
         feats, probs = zip(*(self.net.features_and_probs(images) for images in image_sets), strict=True)
+        refused = fd_refusal(len(self.real), len(image_sets[0]), self.real.shape[1], self.net.name)
         figures = score(
             self.real,
             list(feats),
@@ -152,7 +156,12 @@ class Reference:
             seed=seed,
             fake_probs=None if probs[0] is None else list(probs),
             classes=getattr(self.net, "classes", None),
+            fd=refused is None,
         )
+        if refused:
+            figures["fid_refused"] = refused
+        if getattr(self.net, "source", None):  # eval=dinov2: which model (a Hub id or a folder)
+            figures["feature_model"] = self.net.source
         dist, index = self.memorised(torch.cat(list(image_sets)))
         figures |= {
             "reference": "heldout",

@@ -270,12 +270,21 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         return Evaluate(None, None, 0, cfg.eval.every_n_steps, batch_size=cfg.data.batch_size, denoise_images=images)
     from diffexp.features import load_feature_net
     from diffexp.heldout import Reference
-    from diffexp.metrics import check_sample_count
+    from diffexp.metrics import check_sample_count, fd_refusal
 
     if cfg.eval.seeds < 1:
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
-    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution)
-    check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
+    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution, cfg.eval.get("model"))
+    if cfg.eval.net == "dinov2":  # below its feature count FD is refused and KID ranks (before any work starts)
+        n_held = 0 if held is None else len(held)
+        n_real = min(cfg.eval.reference_size or n_held, n_held)
+        refused = fd_refusal(n_real, cfg.eval.n_samples, net.num_features, cfg.eval.net)
+        if refused and cfg.eval.monitor == "fid":
+            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
+        if refused:
+            log.warning(refused)
+    else:
+        check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
     reference = Reference.of_data(datamodule, cfg.data, net, cfg.eval)
     fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
     return Evaluate(
