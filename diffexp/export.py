@@ -66,9 +66,18 @@ def _table(d: dict[str, Any]) -> str:
 
 
 def quality(ev: dict) -> str:
-    """The final evaluation in words: each figure with its interval, against what, the floor, memorisation."""
-    if not isinstance(ev, dict) or "fid" not in ev or "floor" not in ev:
+    """The final evaluation in words: each figure with its interval, against what, the floor, memorisation, and the
+    held-out denoising error (recorded with eval=none too)."""
+    if not isinstance(ev, dict):
         return ""
+    denoise = ""
+    if ev.get("denoise") is not None:
+        denoise = (
+            f"Held-out denoising error: {ev['denoise']:.4g} ({ev.get('denoise_images')} held-out images; "
+            f"{ev.get('denoise_weighting')}; lower is better, comparable across targets and schedules).\n\n"
+        )
+    if "kid" not in ev or "floor" not in ev:
+        return denoise
     from diffexp.tables import with_interval
 
     seeds = ev.get("n_seeds", 1)
@@ -82,11 +91,15 @@ def quality(ev: dict) -> str:
         "| --- | --- | --- |",
     ]
     for name in ("fid", "kid", "precision", "recall"):
+        if ev.get(name) is None:  # eval=dinov2 refuses FD below its feature width
+            continue
         figure, real = with_interval(ev[name], ev.get(f"{name}_ci")), with_interval(floor[name], None)
         lines.append(f"| {name} | {figure} | {real} |")
     if "top_prob" in ev:
         lines.append(f"| top_prob | {with_interval(ev['top_prob'], ev.get('top_prob_ci'))} | |")
         lines.append(f"| not a digit | {ev.get('not_digit', 0):.1%} | |")
+    if ev.get("fid_refused"):
+        lines += ["", f"{ev['fid_refused']}."]
     lines += [
         "",
         f"Memorised: {ev['memorised']:.1%} of samples lie nearer a training image than all but "
@@ -94,7 +107,7 @@ def quality(ev: dict) -> str:
         "",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + denoise
 
 
 def posthoc_note(posthoc: dict, ev: dict) -> str:

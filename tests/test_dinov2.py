@@ -14,7 +14,6 @@ import torch
 
 from diffexp.errors import ConfigError
 from diffexp.features import load_feature_net
-from diffexp.heldout import Reference
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,23 +60,3 @@ def test_offline_without_weights_fails_at_once_saying_what_to_download_and_where
     assert "\n" not in msg and "hf download facebook/dinov2-no-such-model" in msg and "Hub cache" in msg
     with pytest.raises(ConfigError, match="no config.json"):
         load_feature_net("dinov2", channels=3, resolution=32, model=str(tmp_path))
-
-
-def test_reference_features_are_cached_and_fd_is_refused_below_the_feature_width(model_dir, tmp_path):
-    net = load_feature_net("dinov2", channels=3, resolution=8, model=str(model_dir))
-    train, heldout = rgb(40, 1), rgb(20, 2)  # 20 held-out images, fewer than the 32 features
-    ref = Reference.build(train, heldout, net, "butterflies", tmp_path, kid_subset_size=10)
-    (cache,) = tmp_path.glob("*.safetensors")
-    assert "dinov2" in cache.name and "held20" in cache.name
-    stamp = cache.stat().st_mtime_ns
-    again = Reference.build(train, heldout, net, "butterflies", tmp_path, kid_subset_size=10)
-    assert cache.stat().st_mtime_ns == stamp and torch.equal(again.real, ref.real)  # read back, not recomputed
-    figures, _ = ref.score([rgb(16, 3)])
-    assert figures["fid"] is None and figures["fid_ci"] is None and figures["floor"]["fid"] is None
-    refused = figures["fid_refused"]
-    assert refused.startswith("FD refused: 20 held-out and 16 generated") and "ranking by KID" in refused
-    assert figures["kid"] is not None and figures["feature_model"] == str(model_dir) and figures["n_real"] == 20
-    # another model (other weights) never reads this model's cache
-    other = load_feature_net("dinov2", 3, 8, model=str(tiny_dinov2(tmp_path / "other", seed=1)))
-    Reference.build(train, heldout, other, "butterflies", tmp_path, kid_subset_size=10)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2
