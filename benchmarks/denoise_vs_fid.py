@@ -44,7 +44,8 @@ def collect(folders: list[str], quality: str) -> list[dict]:
     found = []
     for f in folders:
         folder = Path(f).expanduser()
-        paths = [folder / "metrics.json"] if (folder / "metrics.json").exists() else sorted(folder.rglob("metrics.json"))
+        own = folder / "metrics.json"
+        paths = [own] if own.exists() else sorted(folder.rglob("metrics.json"))
         for path in paths:
             record = json.loads(path.read_text())
             ev = record.get("eval") or {}
