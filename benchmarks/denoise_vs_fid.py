@@ -2,8 +2,11 @@
 
     python benchmarks/denoise_vs_fid.py RUN_OR_SWEEP... [--quality fid] [--boots 2000] [--json OUT.json]
 
-Each argument is a run folder or a folder of runs (a multirun: every folder below holding a metrics.json). Only
-finished runs whose final evaluation (metrics.json `eval`) holds both `denoise` and the quality figure count. Prints
+Each argument is a run folder or a folder of runs (a multirun: every folder below holding a metrics.json). Every
+finished run whose final evaluation (metrics.json `eval`) holds the quality figure counts; where it holds no
+`denoise` (runs trained before diffexp recorded it) the figure is computed here from the run's exported EMA weights
+with the same images, noise and levels (`diffexp.denoise.denoise_run`; seconds per run on CPU), and never written
+into the run folder (`--json` keeps it). Prints
 rho, n and a 95% percentile bootstrap interval (runs resampled with replacement, seed 0; resamples where either
 figure is constant are dropped, their count reported). Both figures are lower-is-better for fid and kid, so a rho
 near +1 means the denoising error orders the runs as the quality figure does.
@@ -39,8 +42,9 @@ def rank_correlation(x: list[float], y: list[float], boots: int = 2000, seed: in
     return {"rho": rho, "n": len(x), "ci": [lo, hi], "boots": len(kept), "dropped": len(draws) - len(kept)}
 
 
-def collect(folders: list[str], quality: str) -> list[dict]:
-    """(run, denoise, quality) of every finished run under `folders` that has both figures."""
+def collect(folders: list[str], quality: str, images: int = 256) -> list[dict]:
+    """(run, denoise, quality) of every finished run under `folders` with the quality figure (denoise computed where
+    the run did not record it, on `images` held-out images)."""
     found = []
     for f in folders:
         folder = Path(f).expanduser()
@@ -49,8 +53,14 @@ def collect(folders: list[str], quality: str) -> list[dict]:
         for path in paths:
             record = json.loads(path.read_text())
             ev = record.get("eval") or {}
-            if record.get("status") == "finished" and ev.get("denoise") is not None and ev.get(quality) is not None:
-                found.append({"run": str(path.parent), "denoise": ev["denoise"], quality: ev[quality]})
+            if record.get("status") != "finished" or ev.get(quality) is None:
+                continue
+            denoise, source = ev.get("denoise"), "metrics.json"
+            if denoise is None:
+                from diffexp.denoise import denoise_run
+
+                denoise, source = denoise_run(path.parent, images)["denoise"], "computed from the pipeline"
+            found.append({"run": str(path.parent), "denoise": denoise, quality: ev[quality], "denoise_from": source})
     return found
 
 
@@ -60,10 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quality", default="fid", help="the final evaluation's figure to rank against (fid, kid)")
     parser.add_argument("--boots", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--json", type=Path, default=None, help="also write the result (and the runs) here")
+    parser.add_argument("--images", type=int, default=256, help="held-out images where denoise is computed here")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads where denoise is computed here")
     args = parser.parse_args(argv)
-    runs = collect(args.folders, args.quality)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runs = collect(args.folders, args.quality, args.images)
     if len(runs) < 3:
-        raise SystemExit(f"{len(runs)} finished runs have both `denoise` and `{args.quality}`: at least 3 are needed")
+        raise SystemExit(f"{len(runs)} finished runs have `{args.quality}`: at least 3 are needed")
     result = rank_correlation([r["denoise"] for r in runs], [r[args.quality] for r in runs], args.boots)
     result |= {"quality": args.quality, "runs": runs}
     lo, hi = result["ci"]

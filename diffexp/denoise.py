@@ -122,3 +122,30 @@ def denoise_error(
         weighted.append((1 + (alpha / sigma) ** 2) * mse)
     out["denoise"] = sum(weighted) / len(weighted)
     return out
+
+
+def denoise_run(folder, count: int = IMAGES) -> dict:
+    """The held-out denoising error of a trained run folder's exported (EMA) weights: the same images, noise and
+    levels as its in-training evaluation, for runs trained before the figure was recorded.
+
+    Args:
+        folder: a run folder (its `pipeline/`, else `checkpoints/last.ckpt`) or a pipeline folder diffexp exported.
+        count: held-out images scored (the run's `eval.denoise_images`; 256 by default).
+    """
+    from diffexp.config import instantiate
+    from diffexp.errors import ConfigError
+    from diffexp.run_folder import load_run
+
+    loaded = load_run(folder)
+    data = loaded.config.get("data")
+    if not data:
+        raise ConfigError(f"{folder}: carries no diffexp config, so its held-out images are unknown")
+    datamodule = instantiate(data, seed=0)
+    datamodule.prepare()
+    if datamodule.heldout is None or not len(datamodule.heldout):
+        raise ConfigError(f"{folder}: its data holds no images out (data.holdout=0): nothing to score against")
+    unet, scheduler = loaded.unet.eval(), loaded.scheduler
+    images = reference_images(datamodule.heldout, count).to(unet.device)
+    return denoise_error(
+        lambda x, t: unet(x, t).sample, scheduler.alphas_cumprod, scheduler.config.prediction_type, images
+    )

@@ -24,6 +24,7 @@ from test_compare import compose_app
 
 from conftest import REPO, TINY, compose_train
 from diffexp.compare import run as compare
+from diffexp.denoise import denoise_run
 from diffexp.train import run as train
 from wandb_records import read_run
 
@@ -90,6 +91,8 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
         assert ev["fid_refused"].startswith("FD refused: 12 held-out and 16 generated")  # 32 features
         assert ev["denoise"] > 0 and list(ev["denoise_levels"]) == ["-6", "-3", "0", "3", "6"]
         assert ev["denoise_images"] == 8 and record["objective_name"] == "eval/kid"
+    # the figure from the exported EMA weights, as benchmarks/denoise_vs_fid.py computes it for older runs
+    assert denoise_run(sweep / "1", 8)["denoise"] == pytest.approx(records[1]["eval"]["denoise"], rel=1e-5)
     (reference,) = cache.glob("*.safetensors")  # one held-out reference, built by the first run, read by the second
     assert "dinov2" in reference.name and "held12" in reference.name
     # W&B (offline run files): the figures in the history and the summary
