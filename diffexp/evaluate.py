@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> Path:
     from diffexp.features import load_feature_net
 
     if not cfg.eval.net:
-        raise ConfigError("eval=none has no metric to evaluate: use eval=digits or eval=inception")
+        raise ConfigError("eval=none has no metric to evaluate: use eval=digits, eval=dinov2 or eval=inception")
     if cfg.eval.seeds < 1:
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     widths = cfg.get("ema_sigma_rel")

@@ -125,13 +125,20 @@ class Reference:
         if str(n) not in saved:
             train = self.train_feats[:n]
             p, r = precision_recall(self.real, train)
-            fd = fd_refusal(len(self.real), n, self.real.shape[1], self.net.name) is None
+            fd = self.fd_refusal(n) is None
             figures = {"fid": fid(self.real, train) if fd else None}
             figures["kid"] = kid(self.real, train, self.kid_subset_size)[0]
             saved[str(n)] = figures | {"precision": p, "recall": r, "n": n}
             _atomic_json(sidecar, saved)
         self.floors[n] = saved[str(n)]
         return self.floors[n]
+
+    def fd_refusal(self, n: int) -> str | None:
+        """Why FD is refused at `n` samples (eval=dinov2 below its feature width; the digits and Inception nets
+        check the sample count before any work instead: `diffexp.metrics.check_sample_count`)."""
+        if self.net.name != "dinov2":
+            return None
+        return fd_refusal(len(self.real), n, self.real.shape[1], self.net.name)
 
     def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
         """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
@@ -147,7 +154,7 @@ class Reference:
         and indices.
         """
         feats, probs = zip(*(self.net.features_and_probs(images) for images in image_sets), strict=True)
-        refused = fd_refusal(len(self.real), len(image_sets[0]), self.real.shape[1], self.net.name)
+        refused = self.fd_refusal(len(image_sets[0]))
         figures = score(
             self.real,
             list(feats),
