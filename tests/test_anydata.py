@@ -64,12 +64,24 @@ def datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
 
 
+@pytest.fixture
+def own_wandb_service():
+    """Stops the W&B service this test's in-process run started, so later tests start their own as they would
+    without it (a second run on a shared service once lost its exit record on a loaded machine)."""
+    yield
+    import wandb
+
+    wandb.teardown()
+
+
 def rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_card_and_report(tmp_path):
+def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_card_and_report(
+    tmp_path, own_wandb_service
+):
     data, model = butterflies(tmp_path / "butterflies"), tiny_dinov2(tmp_path / "dinov2")
     cache = tmp_path / "reference"
     common = [*TINY, "data=butterflies", f"data.name={data}", "data.resolution=8", "data.batch_size=4",
