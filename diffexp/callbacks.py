@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from diffexp.denoise import denoise_error
 from diffexp.run_folder import atomic_write_text, read_losses
 from diffexp.samplers import Sampler, describe, save_grid
 
@@ -121,12 +122,14 @@ class Evaluate(pl.Callback):
     Rank 0 samples `n_samples` images from fixed noise with a fast sampler and scores their features against
     `reference` (`diffexp.heldout.Reference`): one sampling seed in between, `seeds` of them at the last step (the
     final evaluation, whose FID interval comes from their spread), which also draws `nearest` (samples beside their
-    nearest training images). The figures go to the logger as `eval/<metric>` (all ranks receive them, so a
-    `ModelCheckpoint(monitor="eval/fid")` keeps the best checkpoint under DDP too) and into `history`.
+    nearest training images). Every evaluation also records the held-out denoising error (`diffexp.denoise`), which
+    needs no feature net: with `reference` None (eval=none) it is the only figure, at the last step. The figures go
+    to the logger as `eval/<metric>` (all ranks receive them, so a `ModelCheckpoint(monitor="eval/fid")` keeps the
+    best checkpoint under DDP too) and into `history`.
     """
 
     LOGGED = ("fid", "fid_std", "kid", "precision", "recall", "top_prob", "class_min", "class_max", "not_digit")
-    LOGGED += ("memorised", "memorised_heldout")
+    LOGGED += ("memorised", "memorised_heldout", "denoise")
 
     def __init__(
         self,
@@ -141,12 +144,14 @@ class Evaluate(pl.Callback):
         higher_is_better: bool = False,
         every_n_images: int | None = None,
         batch_size: int = 1,
+        denoise_images: torch.Tensor | None = None,
     ) -> None:
         self.reference, self.sampler, self.n_samples, self.every_n_steps = reference, sampler, n_samples, every_n_steps
         self.seed, self.seeds, self.nearest = seed, seeds, nearest
         self.monitor, self.higher_is_better = monitor, higher_is_better  # ema=posthoc chooses its width by these
         self.every_n_images, self.batch_size = every_n_images, batch_size  # the images points trials report at
         self.history: list[dict] = []
+        self.denoise_images = denoise_images  # held-out images in [-1, 1] (`diffexp.denoise.reference_images`)
 
     def crossed(self, trainer: pl.Trainer) -> bool:
         """Whether this step's images passed a multiple of `every_n_images`."""
@@ -173,17 +178,21 @@ class Evaluate(pl.Callback):
         figures = None
         if trainer.is_global_zero:
             seeds = self.seeds if final else 1
-            if getattr(pl_module.ema, "eval_sigma_rel", None):  # ema=posthoc: choose the width, report it apart
+            if self.reference is None:  # eval=none: the denoising error alone
+                figures = {}
+            elif getattr(pl_module.ema, "eval_sigma_rel", None):  # ema=posthoc: choose the width, report it apart
                 from diffexp.posthoc import choose_and_score
 
                 figures = choose_and_score(self, pl_module, seeds, final, self.monitor, self.higher_is_better)
             else:
                 figures = self.score(pl_module, seeds, final)
+            figures |= self.denoise(pl_module)
         figures = trainer.strategy.broadcast(figures, src=0)
         for name in self.LOGGED:
             if figures.get(name) is not None:  # class figures come with classifier feature nets (digits) only
                 pl_module.log(f"eval/{name}", float(figures[name]), on_step=True, on_epoch=False)
-        pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
+        if (figures.get("floor") or {}).get("fid") is not None:
+            pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         point = {"step": trainer.global_step, "images": self.point(trainer)}
         self.history.append(point | figures | {"seconds": seconds})
@@ -194,6 +203,23 @@ class Evaluate(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
+
+    def denoise(self, pl_module) -> dict:
+        """The held-out denoising error of the EMA model (`diffexp.denoise`); {} where nothing is held out."""
+        if self.denoise_images is None:
+            return {}
+        scheduler = pl_module.scheduler
+        was_training = pl_module.unet.training
+        pl_module.unet.eval()
+        with pl_module.ema_weights() as unet:
+            figures = denoise_error(
+                lambda x, t: unet(x, t).sample,
+                scheduler.alphas_cumprod,
+                scheduler.config.prediction_type,
+                self.denoise_images.to(pl_module.device),
+            )
+        pl_module.unet.train(was_training)
+        return figures
 
     def score(self, pl_module, seeds: int = 1, picture: bool = False, first: int | None = None) -> dict:
         """The record of `seeds` sampling seeds (`first`, default `self.seed`, then `+ 1`, ...); `picture` writes

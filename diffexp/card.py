@@ -105,7 +105,7 @@ def _step_parameters(cls) -> set[str]:
 
 def eval_results(ev: dict, dataset: str, dataset_id: str | None) -> list[EvalResult]:
     """`model-index` entries: each figure with what it is and the sample counts behind it."""
-    if not ev.get("feature_net") or ev.get("fid") is None:
+    if not ev.get("feature_net") or all(ev.get(key) is None for key in FIGURE_NAMES):
         return []
     net = ev["feature_net"]
     args = {
@@ -141,10 +141,17 @@ def eval_results(ev: dict, dataset: str, dataset_id: str | None) -> list[EvalRes
 
 
 def figures_section(ev: dict, posthoc_line: str) -> str:
-    """The figures the card's weights got, each with its interval and a plain mark where it is within noise."""
-    if not ev or ev.get("fid") is None:
+    """The figures the card's weights got, each with its interval and a plain mark where it is within noise, and the
+    held-out denoising error (recorded with eval=none too)."""
+    denoise = ""
+    if ev and ev.get("denoise") is not None:
+        denoise = (
+            f"\nHeld-out denoising error: {ev['denoise']:.4g} ({ev.get('denoise_images')} held-out images; "
+            f"{ev.get('denoise_weighting')}; lower is better, comparable across targets and schedules).\n"
+        )
+    if not ev or ev.get("n_real") is None or all(ev.get(key) is None for key in FIGURE_NAMES):
         return posthoc_line + "These weights have no quality figures (the run trained with `eval=none`, or this width "
-        "is unscored).\n"
+        "is unscored).\n" + denoise
     seeds, floor = ev.get("n_seeds", 1), ev.get("floor") or {}
     lines = [
         posthoc_line
@@ -167,13 +174,15 @@ def figures_section(ev: dict, posthoc_line: str) -> str:
     if "top_prob" in ev:
         lines.append(f"| top_prob | {figure_text('top_prob', ev['top_prob'], ev.get('top_prob_ci'))} | |")
         lines.append(f"| not a digit | {ev.get('not_digit', 0):.1%} | |")
+    if ev.get("fid_refused"):  # eval=dinov2 refuses FD below its feature width
+        lines += ["", f"{ev['fid_refused']}."]
     if "memorised" in ev:
         lines += [
             "",
             f"Memorised: {ev['memorised']:.1%} of samples lie nearer a training image than all but "
             f"{ev['memorised_heldout']:.1%} of held-out images do (in {ev.get('memorised_space')}).",
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + denoise
 
 
 def limitations(ev: dict, resolution: Any) -> str:

@@ -30,6 +30,7 @@ from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_ma
 from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
 from diffexp.report.ranking import (
     HIGHER_IS_BETTER,
+    basis_note,
     best_recipes,
     choose_metric,
     judge,
@@ -76,11 +77,8 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         "." if used == "final_loss" else f"; `best {used}` is the best evaluation during training."
     )
     notes = [ranking, *([fallback] if fallback else []), VERDICTS]
-    if len(bases) > 1:
-        notes.append(
-            f"Runs differ in feature net or sample count ({'; '.join(bases)}): their figures are not comparable, "
-            f"so each group is ranked on its own."
-        )
+    if basis_note(used, bases):
+        notes.append(basis_note(used, bases))
     header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"
     posthoc = any(r.get("ema_sigma_rel") is not None for r in board)
     columns, recipe_columns = columns_for(LEADERBOARD, used, posthoc), columns_for(RECIPES, used, posthoc)

@@ -121,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
     from diffexp.features import load_feature_net
 
     if not cfg.eval.net:
-        raise ConfigError("eval=none has no metric to evaluate: use eval=digits or eval=inception")
+        raise ConfigError("eval=none has no metric to evaluate: use eval=digits, eval=dinov2 or eval=inception")
     if cfg.eval.seeds < 1:
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     widths = cfg.get("ema_sigma_rel")
@@ -140,7 +140,8 @@ def run(cfg: DictConfig) -> Path:
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     loaded = load_run(Path(cfg.run))
     unet = loaded.unet.to(device)
-    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size).to(device)
+    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
+    net = net.to(device)
     check_sample_count(n, net.num_features, cfg.eval.net)
     too_many = [(s, k) for s, ks in grid.items() for k in ks if k > loaded.scheduler.config.num_train_timesteps]
     if too_many:
@@ -205,7 +206,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     run_eval = loaded.config.get("eval") or {}
     name, steps = run_eval.get("sampler") or cfg.eval.sampler, run_eval.get("sampler_steps") or cfg.eval.sampler_steps
     n = cfg.n or cfg.eval.n_samples
-    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size).to(device)
+    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
+    net = net.to(device)
     check_sample_count(n, net.num_features, cfg.eval.net)
     reference = reference_for(loaded, net, cfg)
     floor = reference.floor(n)
@@ -273,6 +275,7 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == name)
         ax.plot(*zip(*mine, strict=True), marker="o", label=name)

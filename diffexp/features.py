@@ -1,7 +1,8 @@
 """Feature nets that turn uint8 images `[N, C, H, W]` into vectors for FID, KID and precision/recall.
 
 `digits` is a small classifier shipped with the package (so the digits get a meaningful, offline FID);
-`inception` is torchmetrics' InceptionV3, usable only where torch-fidelity and its weights are installed.
+`dinov2` (`diffexp.dinov2`) scores any RGB data; `inception` is torchmetrics' InceptionV3, usable only where
+torch-fidelity and its weights are installed.
 Rebuild the digits weights with `python -m diffexp.features` (deterministic, about a minute on 2 cores).
 """
 
@@ -75,7 +76,7 @@ class DigitsNet(nn.Module):
         if images.ndim != 4 or images.shape[1] != self.channels or images.shape[-2:] != (self.resolution,) * 2:
             raise ConfigError(
                 f"eval=digits scores {self.channels}-channel {self.resolution}px images, got shape "
-                f"{tuple(images.shape)}: use data=digits data.resolution={self.resolution}, or eval=inception / "
+                f"{tuple(images.shape)}: use data=digits data.resolution={self.resolution}, or eval=dinov2 / "
                 f"eval=none for other data"
             )
 
@@ -303,21 +304,26 @@ def inception_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS
 
 
-def load_feature_net(name: str, channels: int, resolution: int) -> nn.Module:
+def load_feature_net(name: str, channels: int, resolution: int, model: str | None = None) -> nn.Module:
     """The feature net named by `eval.net`, checked against the data's channels and resolution.
 
     Args:
-        name: `digits` or `inception`.
+        name: `digits`, `dinov2` or `inception`.
         channels: the data's image channels.
         resolution: the data's image side in pixels.
+        model: eval=dinov2's `eval.model` (a Hub id or a local folder; None = ViT-L/14).
     """
+    if name == "dinov2":
+        from diffexp.dinov2 import load_dinov2
+
+        return load_dinov2(model, channels)
     if name == "digits":
         net = load_digits_net()
         if channels != net.channels or resolution != net.resolution:
             raise ConfigError(
                 f"eval=digits scores {net.channels}-channel {net.resolution}px digits, but the data has "
                 f"data.channels={channels} data.resolution={resolution}: use data.resolution={net.resolution} "
-                f"with the digits, or eval=inception / eval=none for other data"
+                f"with the digits, or eval=dinov2 / eval=none for other data"
             )
         return net
     if name == "inception":
@@ -325,7 +331,7 @@ def load_feature_net(name: str, channels: int, resolution: int) -> nn.Module:
             raise ConfigError(f"eval=inception scores 1- or 3-channel images, not data.channels={channels}")
         if importlib.util.find_spec("torch_fidelity") is None:
             raise ConfigError(
-                "eval=inception needs torch-fidelity: `pip install torch-fidelity` in an environment whose torch "
+                "eval=inception needs torch-fidelity: `pip install torch-fidelity` (`diffexp[inception]`) where torch "
                 f"matches it, and its weights at {inception_weights_path()}; or use eval=digits / eval=none"
             )
         weights = inception_weights_path()
@@ -336,7 +342,7 @@ def load_feature_net(name: str, channels: int, resolution: int) -> nn.Module:
             )
         with torch.random.fork_rng(devices=[]):
             return InceptionNet(weights).eval()
-    raise ConfigError(f"eval.net={name!r} is not a feature net: use digits, inception, or eval=none")
+    raise ConfigError(f"eval.net={name!r} is not a feature net: use digits, dinov2, inception, or eval=none")
 
 
 def main() -> None:

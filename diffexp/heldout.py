@@ -22,6 +22,7 @@ from diffexp.errors import ConfigError
 from diffexp.features import PIXEL_SPACE, pixel_space
 from diffexp.metrics import (
     MEMORISED_FACTOR,
+    fd_refusal,
     fid,
     kid,
     memorisation_threshold,
@@ -124,11 +125,20 @@ class Reference:
         if str(n) not in saved:
             train = self.train_feats[:n]
             p, r = precision_recall(self.real, train)
-            figures = {"fid": fid(self.real, train), "kid": kid(self.real, train, self.kid_subset_size)[0]}
+            fd = self.fd_refusal(n) is None
+            figures = {"fid": fid(self.real, train) if fd else None}
+            figures["kid"] = kid(self.real, train, self.kid_subset_size)[0]
             saved[str(n)] = figures | {"precision": p, "recall": r, "n": n}
             _atomic_json(sidecar, saved)
         self.floors[n] = saved[str(n)]
         return self.floors[n]
+
+    def fd_refusal(self, n: int) -> str | None:
+        """Why FD is refused at `n` samples (eval=dinov2 below its feature width; the digits and Inception nets
+        check the sample count before any work instead: `diffexp.metrics.check_sample_count`)."""
+        if self.net.name != "dinov2":
+            return None
+        return fd_refusal(len(self.real), n, self.real.shape[1], self.net.name)
 
     def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
         """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
@@ -144,6 +154,7 @@ class Reference:
         and indices.
         """
         feats, probs = zip(*(self.net.features_and_probs(images) for images in image_sets), strict=True)
+        refused = self.fd_refusal(len(image_sets[0]))
         figures = score(
             self.real,
             list(feats),
@@ -152,7 +163,12 @@ class Reference:
             seed=seed,
             fake_probs=None if probs[0] is None else list(probs),
             classes=getattr(self.net, "classes", None),
+            fd=refused is None,
         )
+        if refused:
+            figures["fid_refused"] = refused
+        if getattr(self.net, "source", None):  # eval=dinov2: which model (a Hub id or a folder)
+            figures["feature_model"] = self.net.source
         dist, index = self.memorised(torch.cat(list(image_sets)))
         figures |= {
             "reference": "heldout",

@@ -42,6 +42,17 @@ def check_sample_count(n: int, num_features: int, net: str = "") -> None:
         )
 
 
+def fd_refusal(n_real: int, n_fake: int, num_features: int, net: str) -> str | None:
+    """Why the Frechet distance is refused, or None: it needs more images than feature dimensions on both sides
+    (below that the covariance is singular and the figure is mostly bias); KID, unbiased at any count, ranks then."""
+    if min(n_real, n_fake) > num_features:
+        return None
+    return (
+        f"FD refused: {n_real} held-out and {n_fake} generated images, but eval={net}'s {num_features} features need "
+        f"more on both sides; ranking by KID (raise data.holdout and eval.n_samples above {num_features} for FD)"
+    )
+
+
 def _as64(x: Tensor, what: str, minimum: int = 2) -> Tensor:
     if x.ndim != 2:
         raise ConfigError(f"{what} features must be [N, D], got shape {tuple(x.shape)}")
@@ -229,6 +240,7 @@ def score(
     fake_probs: Tensor | list[Tensor] | None = None,
     classes: int | None = None,
     boots: int = BOOTSTRAP,
+    fd: bool = True,
 ) -> dict:
     """All metrics of samples from one or more sampling seeds, each with its interval and counts.
 
@@ -248,6 +260,7 @@ def score(
             (digits): adds `class_figures` and `top_prob_ci`.
         classes: real classes among the probability columns (`class_figures`).
         boots: bootstrap resamples.
+        fd: compute the Frechet distance (`fd_refusal`); False records `fid` as None.
     """
     fakes = [fake_feats] if isinstance(fake_feats, Tensor) else list(fake_feats)
     real = _as64(real_feats, "real", k + 1)
@@ -261,7 +274,8 @@ def score(
     full_kid = []
     for fake in fakes:
         n = len(fake)
-        per_seed["fid"].append(fid(real, fake))
+        if fd:
+            per_seed["fid"].append(fid(real, fake))
         kid_mean, kid_std = kid(real, fake, kid_subset_size, kid_subsets, seed)
         per_seed["kid"].append(kid_mean)
         per_seed["kid_std"].append(kid_std)
@@ -278,13 +292,13 @@ def score(
         boot["kid"].append(_mmd_resampled(k_ff, k_rr, k_fr, w_f, w_r))
         boot["precision"].append(_weighted_mean(inside, w_f))
         boot["recall"].append(_weighted_mean(covered, w_r))
-    interval = mean_interval(per_seed["fid"])  # None with one seed: one figure has no spread
+    interval = mean_interval(per_seed["fid"]) if fd else None  # None with one seed: one figure has no spread
     out = {
-        "fid": statistics.fmean(per_seed["fid"]),
+        "fid": statistics.fmean(per_seed["fid"]) if fd else None,
         "fid_std": statistics.stdev(per_seed["fid"]) if interval else None,
         "fid_ci": list(interval[1:]) if interval else None,
     }
-    mean = {name: sum(v) / len(v) for name, v in per_seed.items()}
+    mean = {name: sum(v) / len(v) for name, v in per_seed.items() if v}
     full = {"kid": sum(full_kid) / len(full_kid), "precision": mean["precision"], "recall": mean["recall"]}
     for name in ("kid", "precision", "recall"):
         out[name] = mean[name]

@@ -91,6 +91,8 @@ class Eval:
     kid_subset_size: int
     cache_dir: str
     every_n_images: Optional[int] = None
+    denoise_images: int = 256
+    model: Optional[str] = None  # eval=dinov2's feature model
 
 
 @dataclass

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
 from diffexp.config import CONF_DIR, flatten, instantiate
+from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
@@ -259,17 +260,34 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
 
 
 def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate | None:
-    """The in-training evaluation callback, scoring against this dataset's held-out images (features cached)."""
+    """The in-training evaluation callback, scoring against this dataset's held-out images (features cached); with
+    eval=none it records the held-out denoising error alone, at the last step (none where nothing is held out)."""
+    count = cfg.eval.get("denoise_images", 256)
+    if count < 0:
+        raise ConfigError(f"eval.denoise_images={count}: score at least 0 held-out images (0 = no denoising error)")
+    held = datamodule.heldout
+    images = reference_images(held, count) if count and held is not None and len(held) else None
     if not cfg.eval.net:
-        return None
+        if images is None:
+            return None
+        return Evaluate(None, None, 0, cfg.eval.every_n_steps, batch_size=cfg.data.batch_size, denoise_images=images)
     from diffexp.features import load_feature_net
     from diffexp.heldout import Reference
-    from diffexp.metrics import check_sample_count
+    from diffexp.metrics import check_sample_count, fd_refusal
 
     if cfg.eval.seeds < 1:
         raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
-    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution)
-    check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
+    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution, cfg.eval.get("model"))
+    if cfg.eval.net == "dinov2":  # below its feature count FD is refused and KID ranks (before any work starts)
+        n_held = 0 if held is None else len(held)
+        n_real = min(cfg.eval.reference_size or n_held, n_held)
+        refused = fd_refusal(n_real, cfg.eval.n_samples, net.num_features, cfg.eval.net)
+        if refused and cfg.eval.monitor == "fid":
+            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
+        if refused:
+            log.warning(refused)
+    else:
+        check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
     reference = Reference.of_data(datamodule, cfg.data, net, cfg.eval)
     fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
     return Evaluate(
@@ -284,6 +302,7 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         higher_is_better=cfg.eval.monitor in HIGHER_IS_BETTER,
         every_n_images=cfg.eval.get("every_n_images"),
         batch_size=cfg.data.batch_size,
+        denoise_images=images,
     )
 
 

@@ -14,34 +14,83 @@ HIGHER_IS_BETTER = {
     "precision": True,
     "recall": True,
     "top_prob": True,  # the digits net's mean top-class probability of the samples
+    "denoise": False,  # the held-out denoising error (diffexp/denoise.py): any data, any target or schedule
     "final_loss": False,
 }
 STATUS_ORDER = {"finished": 0, "running": 1, "pruned": 2, "failed": 3}
 
 
 def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:
-    """The metric to rank by, and a note when no run has it so the final training loss stands in."""
-    if metric == "final_loss" or any(metric in r["eval"] for r in runs if r["status"] == "finished"):
+    """The figure to rank by, and a note when the runs lack `metric`: a sample-quality figure where the runs have
+    one (FD refused, KID), else the held-out denoising error, else the final training loss (compared only within
+    groups of equal schedule, target and weighting: see `score`)."""
+    finished = [r for r in runs if r["status"] == "finished"]
+
+    def has(name: str) -> bool:
+        return any(r["eval"].get(name) is not None for r in finished)
+
+    if metric == "final_loss" or has(metric):
         return metric, None
+    if metric == "fid" and has("kid"):
+        return "kid", "No run has an FD (`fid`; eval=dinov2 refuses it below its feature width): ranked by KID."
+    if has("denoise"):
+        return "denoise", (
+            f"No run has `{metric}` (trained with eval=none?), so runs are ranked by their held-out denoising error, "
+            f"which compares across schedules, prediction targets and loss weightings (diffexp/denoise.py)."
+        )
     return "final_loss", (
-        f"No run has `{metric}` (trained with eval=none?), so runs are ranked by their final training loss, "
-        f"which compares only runs with the same noise schedule and prediction target."
+        f"No run has `{metric}` or a held-out denoising error, so runs are ranked by their final training loss, "
+        f"which compares only runs with the same noise schedule, prediction target and loss weighting."
     )
+
+
+def basis_note(metric: str, bases: list[str]) -> str | None:
+    """The line saying why runs of several bases are ranked apart (None with one basis)."""
+    if len(bases) < 2:
+        return None
+    if metric == "final_loss":
+        return (
+            f"Training losses of different schedules, prediction targets or loss weightings measure different errors "
+            f"({'; '.join(bases)}): no ranking across them, each group is ranked on its own."
+        )
+    return (
+        f"Runs differ in feature net or sample count ({'; '.join(bases)}): their figures are not comparable, "
+        f"so each group is ranked on its own."
+    )
+
+
+def loss_group(config: dict) -> str:
+    """What makes two training losses comparable: the schedule, the prediction target and the loss weighting."""
+    schedule, loss = config.get("schedule") or {}, config.get("loss") or {}
+    parts = [f"{schedule.get('beta_schedule', '?')} schedule"]
+    if schedule.get("rescale_betas_zero_snr"):
+        parts[0] += " (zero terminal SNR)"
+    if schedule.get("num_train_timesteps") not in (None, 1000):
+        parts[0] += f" of {schedule['num_train_timesteps']} steps"
+    parts.append(f"{schedule.get('prediction_type', '?')} target")
+    gamma = loss.get("snr_gamma")
+    parts.append(f"min-SNR-{gamma:g} weighting" if isinstance(gamma, int | float) else "plain MSE")
+    return ", ".join(parts)
 
 
 def score(run: dict, metric: str) -> dict:
     """Adds `value` (the final model's figure), `best` (best during training) and `basis` (what makes two figures
-    comparable: feature net and sample counts, or the loss's prediction target); unranked runs get basis None."""
+    comparable: feature net (and model) and sample counts, the denoising error's image and level counts, or the
+    loss's schedule, target and weighting); unranked runs get basis None."""
     higher = HIGHER_IS_BETTER[metric]
     if metric == "final_loss":
-        value, best, basis = run["final_loss"], None, f"training loss, {run['prediction']} target"
+        value, best, basis = run["final_loss"], None, f"training loss, {loss_group(run['config'])}"
     else:
         ev = run["eval"]
         value = ev.get(metric)
         history = [h[metric] for h in run["eval_history"] if h.get(metric) is not None]
         best = (max if higher else min)(history) if history else None
         reference = "held-out" if ev.get("reference") == "heldout" else "training"
-        basis = f"{ev.get('feature_net')}, {ev.get('n_real')} {reference} real / {ev.get('n_fake')} fake"
+        net = " ".join(str(ev[k]) for k in ("feature_net", "feature_model") if ev.get(k))  # eval=dinov2: its model
+        basis = f"{net}, {ev.get('n_real')} {reference} real / {ev.get('n_fake')} fake"
+        if metric == "denoise":
+            levels = len(ev.get("denoise_levels") or ())
+            basis = f"held-out denoising error, {ev.get('denoise_images')} images x {levels} levels"
     ranked = run["status"] == "finished" and isinstance(value, int | float) and math.isfinite(value)
     ev = run["eval"]
     ci = ev.get(f"{metric}_ci") if metric != "final_loss" else None
