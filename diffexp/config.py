@@ -11,11 +11,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 _UID = secrets.token_hex(3)
+# Run folders this process named through `hydra.run.dir`'s default -> the topmost of them and their parents that did
+# not exist then (None: it existed). Only such a folder may be removed when its run is refused (`diffexp.train`).
+NEW_FOLDERS: dict[str, Path | None] = {}
 
 
 def _run_dir(resume: str | None, fresh: str) -> str:
-    """`resume=DIR` trains on in DIR; otherwise a new folder."""
-    return str(Path(resume).expanduser()) if resume else fresh
+    """`resume=DIR` trains on in DIR; otherwise a new folder. Notes whether the folder exists yet."""
+    folder = str(Path(resume).expanduser()) if resume else fresh
+    path = Path(os.path.abspath(folder))
+    if str(path) not in NEW_FOLDERS:  # the first look, before Hydra creates it
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        NEW_FOLDERS[str(path)] = missing[-1] if missing else None
+    return folder
 
 
 def _record_subdir(output_dir: str, resume: str | None) -> str | None:
