@@ -33,6 +33,15 @@ def _record_subdir(output_dir: str, resume: str | None) -> str | None:
     return ".hydra"
 
 
+def _groups_help(*groups: str) -> str:
+    """`--help`'s list of the config groups a command reads, each with its options (Hydra's own list holds every
+    group in conf/, most of them the training recipe's)."""
+    lines = [f"{g}: {', '.join(sorted(p.stem for p in Path(CONF_DIR, g).glob('*.yaml')))}" for g in groups]
+    return "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n" + (
+        "\n".join(lines) + "\n\n"
+    )
+
+
 def _sweep_dir(name: str, tag: str | None) -> str:
     return f"{name}-{tag}" if tag else str(name)
 
@@ -70,6 +79,7 @@ def register_resolvers() -> None:
         "run_dir": _run_dir,
         "record_subdir": _record_subdir,
         "sweep_dir": _sweep_dir,
+        "groups_help": _groups_help,
         "wandb_offline": wandb_offline,
         "div": lambda a, b: int(a) // int(b),  # e.g. evaluation points as a share of the budget
     }.items():

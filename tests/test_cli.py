@@ -59,9 +59,13 @@ def test_commands_run_as_modules_and_from_any_folder(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0 and "block_out_channels:\n  - 32\n  - 64\n  - 128" in out.stdout
-    for command in ("sample", "evaluate", "export"):
+    for command, groups in {"sample": ["sampler"], "evaluate": ["eval"], "export": []}.items():
         out = diffexp(command, "--help", cwd=tmp_path)
         assert out.returncode == 0 and "run" in out.stdout, command
+        # only the groups the command reads: not the training recipe's data, model, optim, trainer, ...
+        section = out.stdout.split("== Config ==")[0].split("== Configuration groups ==")[1:]
+        listed = [line.split(": ")[0] for line in "".join(section).splitlines() if ": " in line]
+        assert listed == groups, (command, listed)
     assert REPO.joinpath("conf", "train.yaml").exists()
 
 
