@@ -21,7 +21,9 @@ def diffexp(command: str, *args: str, cwd: Path, timeout: int = 300) -> subproce
 
 def test_ddp_trains_with_two_cpu_processes_and_rank_zero_writes(tmp_path):
     folder = tmp_path / "ddp"
-    out = diffexp("train", *TINY, "trainer=ddp", "logger=csv", "threads=1", f"hydra.run.dir={folder}", cwd=tmp_path)
+    # verbose=true: Lightning's own banner says how many processes started
+    args = [*TINY, "trainer=ddp", "logger=csv", "threads=1", "verbose=true", f"hydra.run.dir={folder}"]
+    out = diffexp("train", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Starting with 2 processes" in out.stderr + out.stdout
     metrics = json.loads((folder / "metrics.json").read_text())
