@@ -63,11 +63,11 @@ def train(overrides: Iterable[str] = (), config_dir: str | Path | None = None, *
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from diffexp.train import run
+    from diffexp.train import run_or_tidy
 
     def task(cfg) -> Path:
         folder = Path(HydraConfig.get().runtime.output_dir)
-        run(cfg)
+        run_or_tidy(cfg)  # a refused run leaves no folder, as from the command
         return folder
 
     return _run_app("train", task, _overrides(overrides, settings), config_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ import torch
 from diffexp.denoise import denoise_error
 from diffexp.run_folder import atomic_write_text, read_losses
 from diffexp.samplers import Sampler, describe, save_grid
+
+log = logging.getLogger("diffexp.train")
 
 
 class LossHistory(pl.Callback):
@@ -195,6 +198,10 @@ class Evaluate(pl.Callback):
             pl_module.log("eval/floor_fid", float(figures["floor"]["fid"]), on_step=True, on_epoch=False)
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         point = {"step": trainer.global_step, "images": self.point(trainer)}
+        if trainer.is_global_zero:
+            shown = [f"{k} {figures[k]:.4g}" for k in ("fid", self.monitor) if isinstance(figures.get(k), float)]
+            shown = ", ".join(dict.fromkeys(shown))  # fid, and the monitor where it differs
+            log.info("evaluation at step %d: %s (%.0f s)", trainer.global_step, shown, seconds)
         self.history.append(point | figures | {"seconds": seconds})
 
     def state_dict(self) -> dict:

@@ -146,7 +146,7 @@ def figures_section(ev: dict, posthoc_line: str) -> str:
     denoise = ""
     if ev and ev.get("denoise") is not None:
         denoise = (
-            f"\nHeld-out denoising error: {ev['denoise']:.4g} ({ev.get('denoise_images')} held-out images; "
+            f"\nHeld-out denoising error (`denoise`): {ev['denoise']:.4g} ({ev.get('denoise_images')} held-out images; "
             f"{ev.get('denoise_weighting')}; lower is better, comparable across targets and schedules).\n"
         )
     if not ev or ev.get("n_real") is None or all(ev.get(key) is None for key in FIGURE_NAMES):

@@ -41,6 +41,7 @@ from diffexp.report.ranking import (
     spread,
 )
 from diffexp.report.runs import find_runs, load_run
+from diffexp.run_folder import follow_umask
 from diffexp.tables import markdown, write_table
 
 COMPUTE = ("images_seen", "train_seconds")
@@ -151,6 +152,7 @@ def run(cfg: DictConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         best = build(runs, cfg.metric, cfg.compute, cfg.name, [str(s) for s in sweeps + run_list], tmp)
+        follow_umask(tmp)  # mkdtemp made it 700: the modes are set before the rename
         while True:
             final = free_folder(out)
             try:

@@ -11,11 +11,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 _UID = secrets.token_hex(3)
+# Run folders this process named through `hydra.run.dir`'s default -> the topmost of them and their parents that did
+# not exist then (None: it existed). Only such a folder may be removed when its run is refused (`diffexp.train`).
+NEW_FOLDERS: dict[str, Path | None] = {}
 
 
 def _run_dir(resume: str | None, fresh: str) -> str:
-    """`resume=DIR` trains on in DIR; otherwise a new folder."""
-    return str(Path(resume).expanduser()) if resume else fresh
+    """`resume=DIR` trains on in DIR; otherwise a new folder. Notes whether the folder exists yet."""
+    folder = str(Path(resume).expanduser()) if resume else fresh
+    path = Path(os.path.abspath(folder))
+    if str(path) not in NEW_FOLDERS:  # the first look, before Hydra creates it
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        NEW_FOLDERS[str(path)] = missing[-1] if missing else None
+    return folder
 
 
 def _record_subdir(output_dir: str, resume: str | None) -> str | None:
@@ -23,6 +31,15 @@ def _record_subdir(output_dir: str, resume: str | None) -> str | None:
     if resume or (Path(output_dir) / ".hydra" / "config.yaml").exists():
         return None
     return ".hydra"
+
+
+def _groups_help(*groups: str) -> str:
+    """`--help`'s list of the config groups a command reads, each with its options (Hydra's own list holds every
+    group in conf/, most of them the training recipe's)."""
+    lines = [f"{g}: {', '.join(sorted(p.stem for p in Path(CONF_DIR, g).glob('*.yaml')))}" for g in groups]
+    return "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n" + (
+        "\n".join(lines) + "\n\n"
+    )
 
 
 def _sweep_dir(name: str, tag: str | None) -> str:
@@ -62,6 +79,7 @@ def register_resolvers() -> None:
         "run_dir": _run_dir,
         "record_subdir": _record_subdir,
         "sweep_dir": _sweep_dir,
+        "groups_help": _groups_help,
         "wandb_offline": wandb_offline,
         "div": lambda a, b: int(a) // int(b),  # e.g. evaluation points as a share of the budget
     }.items():

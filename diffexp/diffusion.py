@@ -97,10 +97,7 @@ class DiffusionModule(pl.LightningModule):
             s = snr(self.scheduler, t)
             weight = s.clamp(max=self.snr_gamma) / {"epsilon": s, "v_prediction": s + 1, "sample": 1}[kind]
             loss = loss * weight
-        loss = loss.mean()
-        if self.global_step % 10 == 0:  # the progress bar's figure; LossHistory records every step's loss and lr
-            self.log("train/loss", loss, prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        return loss
+        return loss.mean()  # LossHistory records every step's loss and lr; RunProgress shows it
 
     def on_fit_start(self) -> None:
         self.scheduler.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)

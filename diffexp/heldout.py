@@ -31,6 +31,7 @@ from diffexp.metrics import (
     reference_indices,
     score,
 )
+from diffexp.run_folder import follow_umask
 
 FLOOR_TRAIN_MAX = 10_000  # training images whose features are cached for the floor (the floor's largest count)
 
@@ -193,6 +194,7 @@ def _cached_features(path: Path, net, images: dict[str, Tensor], key: str) -> tu
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(feats, str(tmp), metadata={"key": key, "feature_net": net.name, "reference": "heldout"})
+    follow_umask(tmp)  # safetensors writes 600: a shared cache must be readable by the user's group
     tmp.replace(path)  # atomic: parallel sweep jobs never read a half-written file
     return tuple(feats.values())
 

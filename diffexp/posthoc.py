@@ -27,6 +27,7 @@ import torch
 
 from diffexp.ema import PowerEMA, SwapWeights, check_sigma_rel, sigma_rel_to_gamma
 from diffexp.errors import ConfigError
+from diffexp.run_folder import follow_umask
 
 SNAPSHOT = re.compile(r"step_(\d+)\.safetensors")
 SELECTION_SEED_OFFSET = 1000  # in-training evaluation chooses the width on seed (eval seed + this), reports on another
@@ -172,6 +173,7 @@ def write_snapshot(folder: Path, step: int, ema: PostHocEMA) -> Path:
     path = snapshot_path(folder, step)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
+    follow_umask(tmp)  # safetensors writes 600
     tmp.replace(path)
     return path
 

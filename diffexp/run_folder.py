@@ -56,6 +56,30 @@ def check_current_keys(recipe: Any, setting: str) -> None:
         )
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> Path:
+    """Gives `path` (and everything under a folder) the modes a plain `open`/`mkdir` would: files written through
+    mkstemp/mkdtemp or by safetensors get 600/700 whatever the umask, so colleagues could not read a run."""
+    path, mask = Path(path), umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +89,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(Path(tmp))  # mkstemp makes 600; the mode is set before the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,6 +103,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        follow_umask(tmp)  # mkdtemp makes 700 and safetensors writes 600: set the modes before the rename
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -158,10 +184,18 @@ def load_run(folder: Path) -> LoadedRun:
 
         if not any((pipeline / "unet").glob("*.safetensors")):
             raise ConfigError(f"run={folder}: {pipeline / 'unet'} has no safetensors weights: export it again")
+        from diffusers.utils import logging as diffusers_logging
+
+        bar = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # a bar for loading two small components is noise
         try:
-            pipe = DDPMPipeline.from_pretrained(pipeline, use_safetensors=True)
+            # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, minus its warning each time
+            pipe = DDPMPipeline.from_pretrained(pipeline, use_safetensors=True, low_cpu_mem_usage=False)
         except (OSError, ValueError) as e:
             raise ConfigError(f"run={folder}: the pipeline in {pipeline} does not load ({e}): export it again") from e
+        finally:
+            if bar:
+                diffusers_logging.enable_progress_bar()
         config_file = pipeline / "diffexp_config.json"
         config = json.loads(config_file.read_text()) if config_file.exists() else {}
         return LoadedRun(pipe.unet.eval(), pipe.scheduler, config, pipeline)

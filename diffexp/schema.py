@@ -120,6 +120,7 @@ class Preview:
 @dataclass
 class Checkpoint:
     every_n_steps: int
+    keep_best: bool = False
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Train:
     preview: Preview
     speed: Speed
     checkpoint: Checkpoint
+    verbose: bool = False
     optuna: Optuna = field(default_factory=Optuna)  # set by the Optuna sweeper; no part of the recipe
 
 

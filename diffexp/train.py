@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import math
 import os
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
-from diffexp.config import CONF_DIR, flatten, instantiate
+from diffexp.config import CONF_DIR, NEW_FOLDERS, flatten, instantiate
 from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
@@ -46,6 +47,7 @@ from diffexp.samplers import Sampler
 from diffexp.schedule import plot_schedule
 from diffexp.schema import validate
 from diffexp.search import trial_keys
+from diffexp.terminal import RunProgress, drop_anonymous, quiet, wandb_settings
 
 log = logging.getLogger("diffexp.train")
 HIGHER_IS_BETTER = {"precision", "recall", "top_prob"}
@@ -149,9 +151,12 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     check_own_folder(run_dir, resuming)
     validate(cfg)
     check(cfg)
+    verbose = bool(cfg.get("verbose"))  # recipes saved before the key have none
+    quiet(verbose)
+    log.info("run folder: %s", run_dir)
 
     torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=verbose)
     if speed(cfg, "tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed(cfg, "data_on_device"))
@@ -179,6 +184,8 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     )
     parameters = sum(p.numel() for p in unet.parameters())
     record = read_metrics(run_dir) if resuming else {}
+    recipe = ", ".join(f"{g}={choices[g]}" for g in ("data", "model", "schedule", "ema", "sampler") if g in choices)
+    log.info("%s (%s parameters), seed %d, %d threads", recipe, f"{parameters:,}", cfg.seed, torch.get_num_threads())
     if rank() == 0:
         record = update_metrics(
             run_dir,
@@ -214,6 +221,8 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
         logger.log_hyperparams(flatten(config))
 
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if resuming and ckpt.exists():
+        log.info("resuming from %s", ckpt)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt if resuming and ckpt.exists() else None)
     trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints (all ranks)
@@ -245,7 +254,9 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
         with module.ema_weights() as ema_unet:
             grid = grids[-1] if grids else None
             export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grid, run_dir=run_dir)
+    offline_wandb = None
     if isinstance(logger, pl.loggers.WandbLogger):
+        offline_wandb = Path(logger.experiment.dir).parent if logger.experiment.offline else None
         flat = flatten({k: v for k, v in summary.items() if k != "eval_history" and v is not None})
         logger.experiment.summary.update(flat | {"parameters": parameters})
         if pruned:
@@ -255,8 +266,23 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
         wandb.finish(exit_code=1 if losses.failure else 0)
     if losses.failure:
         raise ConfigError(losses.failure)
-    log.info("run folder: %s", run_dir)
+    _log_summary(summary, cfg, run_dir, offline_wandb)
     return summary["objective"]
+
+
+def _log_summary(summary: dict, cfg: DictConfig, run_dir: Path, offline_wandb: Path | None) -> None:
+    """The run's last lines: what it reached, and where everything is."""
+    figures = f"final loss {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "no loss"
+    if "eval" in summary:
+        name = cfg.eval.monitor or "fid"
+        ci = summary["eval"].get(f"{name}_ci")
+        interval = f" (95% interval {ci[0]:.4g} to {ci[1]:.4g})" if ci else ""
+        figures += f", {name} {summary['eval'][name]:.4g}{interval} ({summary['eval'].get('feature_net')} features)"
+    minutes = summary["train_seconds"] / 60
+    log.info("%s: %d steps in %.1f min, %s", summary["status"], summary["steps"], minutes, figures)
+    if offline_wandb:
+        log.info("W&B run (offline; this uploads it): wandb sync %s", offline_wandb)
+    log.info("run folder: %s", run_dir)
 
 
 def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate | None:
@@ -320,9 +346,11 @@ def _trial_report(cfg: DictConfig, evaluate: Evaluate | None, hydra_cfg):
 def train_callbacks(
     cfg: DictConfig, run_dir: Path, losses: LossHistory, sampler: Sampler, evaluate: Evaluate | None
 ) -> list:
-    """Checkpoints (last, and best by `eval.monitor`), preview grids, the loss record, the evaluation."""
+    """Checkpoints (last; best by `eval.monitor` when `checkpoint.keep_best`), preview grids, the loss record, the
+    evaluation."""
     checkpoints = run_dir / "checkpoints"
     callbacks = [
+        RunProgress(cfg.data.batch_size),
         pl.callbacks.ModelCheckpoint(
             dirpath=checkpoints,
             save_last=True,
@@ -335,7 +363,7 @@ def train_callbacks(
     ]
     if evaluate is not None:
         callbacks.append(evaluate)
-        if cfg.eval.monitor:
+        if cfg.eval.monitor and cfg.checkpoint.get("keep_best"):
             callbacks.append(
                 pl.callbacks.ModelCheckpoint(
                     dirpath=checkpoints,
@@ -409,14 +437,17 @@ def _logger(cfg: DictConfig, run_dir: Path, choices: dict, wandb_id: str | None,
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         tags = [f"{g}={choices[g]}" for g in ("model", "schedule", "data") if g in choices]
         tags.append(f"prediction={cfg.schedule.prediction_type}")
-        return instantiate(
+        logger = instantiate(
             cfg.logger,
             id=wandb_id,
             resume="allow",
             group=Path(hydra_cfg.sweep.dir).name if multirun else None,
             name=f"{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}" if multirun else run_dir.name,
             tags=tags,
+            **wandb_settings(bool(cfg.get("verbose"))),
         )
+        drop_anonymous(logger)
+        return logger
     return instantiate(cfg.logger)
 
 
@@ -456,11 +487,36 @@ def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
         wandb.finish(exit_code=1)
 
 
+def run_or_tidy(cfg: DictConfig) -> float | None:
+    """`run`, but a run refused before training removes the folder Hydra created for it (and the parents it created
+    that are left empty), so a mistake leaves nothing to clean up. Kept: a sweep job's folder (it records why), a
+    folder that existed (a user's `hydra.run.dir`, `resume=` of a real folder), one holding more than Hydra's record."""
+    try:
+        return run(cfg)
+    except ConfigError as e:
+        if not isinstance(e, ForeignFolderError) and rank() == 0:
+            _remove_new_folder(Path(HydraConfig.get().runtime.output_dir))
+        raise
+
+
+def _remove_new_folder(folder: Path) -> None:
+    top = NEW_FOLDERS.get(os.path.abspath(folder))
+    if top is None or not folder.is_dir() or {p.name for p in folder.iterdir()} - {".hydra", "train.log"}:
+        return
+    shutil.rmtree(folder)
+    while folder != top and top in folder.parents:
+        folder = folder.parent
+        try:
+            folder.rmdir()  # only while empty: a run started beside this one keeps its parents
+        except OSError:
+            return
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    return report(run, cfg, multirun, partial(_record_failure, Path(hydra_cfg.runtime.output_dir), multirun))
+    return report(run_or_tidy, cfg, multirun, partial(_record_failure, Path(hydra_cfg.runtime.output_dir), multirun))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Bad settings stop before any work with one line naming the setting and its fix; runs never share a folder.
 
 Most cases run `run(cfg)` in-process; a few run `diffexp-train` as a real process to check what a user sees:
-a non-zero exit, a last stderr line `error: <setting>...`, no traceback, and a run folder holding only Hydra's
-record. Inside a multirun the bad job logs its line and the sweep goes on.
+a non-zero exit, a last stderr line `error: <setting>...`, no traceback, and no run folder left in `outputs/`.
+Inside a multirun the bad job logs its line and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -170,8 +170,7 @@ def test_user_sees_one_error_line(case, processes):
     assert lines and lines[-1].startswith("error: ") and setting in lines[-1], output[-3000:]
     assert sum(line.startswith("error: ") for line in lines) == 1, output[-3000:]
     assert "Traceback" not in output and "Error executing job" not in output, output[-3000:]
-    (folder,) = (cwd / "outputs").glob("*/*")  # Hydra's new folder for the job
-    assert_only_hydra_record(folder)
+    assert not (cwd / "outputs").exists()  # Hydra's new folder for the run went with the refusal
     if case == "hub_name_offline":
         # no ~23 s of retries: about as quick as a process stopped by the config check (both mostly start-up)
         assert seconds < processes["lr_negative"][2] + 10

@@ -1,7 +1,10 @@
 """The bad-input catalogue across groups and commands, in one process: each case is one line naming the setting
 and its fix, raised before any work, and no existing file changes.
 
-(`test_bad_input.py` holds the data and folder cases, and the real-process checks of exit code and traceback.)
+Training cases go through `diffexp.train:main`, the function the `diffexp-train` console script calls, with
+`sys.argv` set: Hydra makes the run folder there as it does for the command, so the test sees that a refused run
+leaves none behind in `outputs/`. One subprocess per case would prove no more and costs ~10 s each here (importing
+Lightning and torch); `test_bad_input.py` runs a few real processes for the exit code and the missing traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +66,7 @@ CASES = {
     "imagefolder_corrupt_image": ("train", ["data=imagefolder", "data.path={corrupt}"], "data.path"),
     "sampler_zero_steps": ("train", ["sampler.steps=0"], "sampler.steps"),
     "tensorboard_not_installed": ("train", ["logger=tensorboard"], "logger=tensorboard"),
+    "resume_a_folder_that_does_not_exist": ("train", ["resume={tmp}/nowhere/run"], "resume="),
     # sample / evaluate / export / reproduce / compare
     "sample_not_a_run": ("sample", ["run={tmp}"], "run="),
     "sample_zero_images": ("sample", ["run={run}", "n=0"], "n="),
@@ -109,20 +114,45 @@ def test_the_catalogue_has_at_least_25_cases_across_commands():
     assert len(CASES) >= 25 and {c for c, _, _ in CASES.values()} >= {"train", "sample", "evaluate", "export"}
 
 
+def train_command(args: list[str], cwd: Path, monkeypatch, capsys) -> str:
+    """`diffexp-train ARGS` run in `cwd` through the console script's function; returns its last stderr line."""
+    from diffexp.train import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["diffexp-train", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), lines
+    return lines[-1].removeprefix("error: ")
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_before_any_work(case, places, tmp_path):
+def test_bad_input_is_one_line_before_any_work(case, places, tmp_path, monkeypatch, capsys):
     command, overrides, setting = CASES[case]
     if case == "tensorboard_not_installed" and importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed here")
     overrides = [o.format(**places) for o in overrides]
-    if command == "train":
-        overrides = [*TINY, "logger=none", *overrides]
     before = snapshot(Path(places["tmp"]))
-    cfg = compose_train(overrides, tmp_path / "out", name=command)
-    with pytest.raises(ConfigError) as error:
-        importlib.import_module(f"diffexp.{command}").run(cfg)
-    message = str(error.value)
-    assert setting in message and "\n" not in message, message
-    assert snapshot(Path(places["tmp"])) == before  # nothing already written changed
     if command == "train":
-        assert not {"checkpoints", "pipeline", "metrics.json"} & {p.name for p in (tmp_path / "out").iterdir()}
+        message = train_command([*TINY, "logger=none", *overrides], tmp_path, monkeypatch, capsys)
+        assert not (tmp_path / "outputs").exists()  # Hydra's new run folder (and its parents) went with the refusal
+    else:
+        cfg = compose_train(overrides, tmp_path / "out", name=command)
+        with pytest.raises(ConfigError) as error:
+            importlib.import_module(f"diffexp.{command}").run(cfg)
+        message = str(error.value)
+    assert setting in message and "\n" not in message, message
+    assert snapshot(Path(places["tmp"])) == before  # nothing already written changed, nothing created
+    assert not Path(places["tmp"], "nowhere").exists()
+
+
+def test_a_folder_the_user_named_is_kept(tmp_path, monkeypatch, capsys):
+    """`hydra.run.dir=DIR` names a folder the user chose: a refused run leaves it (with Hydra's record) in place."""
+    message = train_command(
+        [*TINY, "logger=none", "hydra.run.dir=named", "optim.optimizer.lr=0"], tmp_path, monkeypatch, capsys
+    )
+    assert "optim.optimizer.lr" in message
+    assert {p.name for p in (tmp_path / "named").iterdir()} <= {".hydra", "train.log"}
+    assert (tmp_path / "named" / "train.log").exists() and not (tmp_path / "outputs").exists()

@@ -21,7 +21,9 @@ def diffexp(command: str, *args: str, cwd: Path, timeout: int = 300) -> subproce
 
 def test_ddp_trains_with_two_cpu_processes_and_rank_zero_writes(tmp_path):
     folder = tmp_path / "ddp"
-    out = diffexp("train", *TINY, "trainer=ddp", "logger=csv", "threads=1", f"hydra.run.dir={folder}", cwd=tmp_path)
+    # verbose=true: Lightning's own banner says how many processes started
+    args = [*TINY, "trainer=ddp", "logger=csv", "threads=1", "verbose=true", f"hydra.run.dir={folder}"]
+    out = diffexp("train", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Starting with 2 processes" in out.stderr + out.stdout
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -59,9 +61,13 @@ def test_commands_run_as_modules_and_from_any_folder(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0 and "block_out_channels:\n  - 32\n  - 64\n  - 128" in out.stdout
-    for command in ("sample", "evaluate", "export"):
+    for command, groups in {"sample": ["sampler"], "evaluate": ["eval"], "export": []}.items():
         out = diffexp(command, "--help", cwd=tmp_path)
         assert out.returncode == 0 and "run" in out.stdout, command
+        # only the groups the command reads: not the training recipe's data, model, optim, trainer, ...
+        section = out.stdout.split("== Config ==")[0].split("== Configuration groups ==")[1:]
+        listed = [line.split(": ")[0] for line in "".join(section).splitlines() if ": " in line]
+        assert listed == groups, (command, listed)
     assert REPO.joinpath("conf", "train.yaml").exists()
 
 

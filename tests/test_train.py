@@ -138,6 +138,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
             "eval.reference_size=200",
             "eval.sampler_steps=2",
             "eval.seeds=3",
+            "checkpoint.keep_best=true",
         )
     )
     folder = tmp_path / "run"
@@ -184,6 +185,8 @@ def test_evaluation_leaves_the_training_rng_alone(tiny_cfg, tmp_path):
         )
     )
     assert _losses(tmp_path / "digits") == _losses(tmp_path / "none")
+    # one full checkpoint unless checkpoint.keep_best asks for the best evaluation's too
+    assert sorted(p.name for p in (tmp_path / "digits" / "checkpoints").iterdir()) == ["last.ckpt"]
     first = [torch.load(tmp_path / r / "checkpoints/last.ckpt", weights_only=True) for r in ("none", "digits")]
     for a, b in zip(first[0]["state_dict"].values(), first[1]["state_dict"].values(), strict=True):
         assert torch.equal(a, b)
