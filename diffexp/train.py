@@ -273,11 +273,14 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
 def _log_summary(summary: dict, cfg: DictConfig, run_dir: Path, offline_wandb: Path | None) -> None:
     """The run's last lines: what it reached, and where everything is."""
     figures = f"final loss {summary['final_loss']:.4f}" if summary["final_loss"] is not None else "no loss"
-    if "eval" in summary:
-        name = cfg.eval.monitor or "fid"
-        ci = summary["eval"].get(f"{name}_ci")
+    ev = summary.get("eval") or {}
+    name = cfg.eval.monitor or "fid"
+    if ev.get(name) is not None:  # eval=none records the held-out denoising error alone
+        ci = ev.get(f"{name}_ci")
         interval = f" (95% interval {ci[0]:.4g} to {ci[1]:.4g})" if ci else ""
-        figures += f", {name} {summary['eval'][name]:.4g}{interval} ({summary['eval'].get('feature_net')} features)"
+        figures += f", {name} {ev[name]:.4g}{interval} ({ev.get('feature_net')} features)"
+    if ev.get("denoise") is not None:
+        figures += f", held-out denoising error {ev['denoise']:.4g}"
     minutes = summary["train_seconds"] / 60
     log.info("%s: %d steps in %.1f min, %s", summary["status"], summary["steps"], minutes, figures)
     if offline_wandb:
