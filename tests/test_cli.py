@@ -22,6 +22,7 @@ def diffexp(command: str, *args: str, cwd: Path, timeout: int = 300) -> subproce
     return subprocess.run([str(exe), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # two processes with Lightning's start-up each: ~31 s, which the default suite's 10 minutes lack
 def test_ddp_trains_with_two_cpu_processes_and_rank_zero_writes(tmp_path):
     folder = tmp_path / "ddp"
     # verbose=true: Lightning's own banner says how many processes started
