@@ -38,6 +38,8 @@ class LossHistory(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume the checkpoint's step is known here: keep the rows before it, retrain the rest.
         self.rows.update({s: row for s, row in read_losses(self.path).items() if s < trainer.global_step})
+        if trainer.global_step and trainer.is_global_zero:  # Lightning's own line is silenced unless verbose=true
+            log.info("restored step %d of %d from the checkpoint", trainer.global_step, trainer.max_steps)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Read before the step: Lightning steps the LR scheduler before on_train_batch_end, whose lr is the next one.
