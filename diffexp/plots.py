@@ -3,7 +3,8 @@
 predicted x0 at a few of its steps (`diffexp-sample run=RUN trajectory=true`).
 
 Drawn with PIL, not matplotlib: a grid of 28 matplotlib axes costs ~7 s on a busy 2-core machine, and every run
-draws the noising picture; this costs milliseconds.
+draws the noising picture; this costs milliseconds. The training-loss curve (`RUN/plots/loss.png`, one axes, drawn
+once at the end) uses matplotlib.
 """
 
 from __future__ import annotations
@@ -114,3 +115,27 @@ def plot_trajectory(
     heads = [f"t={int(t)}" for t, _, _ in cols] + (["output"] if final is not None else [])
     picture = labelled_grid(rows, heads, labels, title)
     return save_png(picture, path, info)
+
+
+def plot_losses(steps: list[int], values: list[float], path: Path) -> None:
+    """The loss per step and its running mean, log scale (`RUN/plots/loss.png`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    if values:
+        ax.plot(steps, values, alpha=0.3, label="per step")
+        k = max(1, len(values) // 50)
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, label=f"mean of {k}")
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

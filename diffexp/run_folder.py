@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -14,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from diffexp.errors import ConfigError, ForeignFolderError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("diffexp.train")
 
 
 def rank() -> int:
@@ -45,8 +48,6 @@ OLD_KEYS = ("ema.decay", "ema.warmup", "ema.power", "optim.warmup_steps")
 
 def check_current_keys(recipe: Any, setting: str) -> None:
     """Refuses a saved recipe with the old EMA/warm-up keys: today's code cannot continue or repeat it exactly."""
-    from omegaconf import OmegaConf
-
     absent = object()
     old = [k for k in OLD_KEYS if OmegaConf.select(recipe, k, default=absent) is not absent]
     if old:
@@ -231,3 +232,33 @@ def load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
         for p, shadow in zip(unet.parameters(), shadows, strict=True):
             p.data.copy_(shadow)
     return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt, state.get("global_step"))
+
+
+def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
+    """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if saved.exists() and list(OmegaConf.load(saved)) != overrides:
+        raise ForeignFolderError(
+            f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
+            f"different sweep; give it a new name with tag=<new tag>"
+        )
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.exists():
+        check_current_keys(OmegaConf.load(config), f"the sweep job {run_dir} (give the sweep a new tag=)")
+    record = read_metrics(run_dir)
+    if record.get("status") not in ("finished", "pruned"):
+        log.info("resuming unfinished job %s", run_dir)
+        return None
+    log.info("skipping %s job %s", record["status"], run_dir)
+    return record["objective"]
+
+
+def saved_recipe(run_dir: Path, cfg: DictConfig) -> DictConfig:
+    """The recipe of the run being resumed, from its own `.hydra/config.yaml`."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not holds_run(run_dir) or not saved.exists():
+        raise ConfigError(f"resume={cfg.resume} is not a diffexp run folder (no .hydra/config.yaml or checkpoints/)")
+    old = OmegaConf.load(saved)
+    check_current_keys(old, f"resume={cfg.resume}")
+    old.resume = cfg.resume
+    return old

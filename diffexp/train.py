@@ -31,16 +31,17 @@ from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
-from diffexp.plots import plot_noising
+from diffexp.plots import plot_losses, plot_noising
 from diffexp.posthoc import Snapshots, check_posthoc
 from diffexp.run_folder import (
     atomic_write_text,
-    check_current_keys,
     check_own_folder,
+    earlier_job,
     holds_run,
     provenance,
     rank,
     read_metrics,
+    saved_recipe,
     update_metrics,
 )
 from diffexp.samplers import Sampler
@@ -141,10 +142,10 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     run_dir = Path(hydra_cfg.runtime.output_dir)
     resuming = bool(cfg.resume)
     if resuming:
-        cfg = _saved_config(run_dir, cfg)
+        cfg = saved_recipe(run_dir, cfg)
     elif hydra_cfg.mode == RunMode.MULTIRUN and holds_run(run_dir):
         # The same sweep command again: skip finished jobs, resume unfinished ones from their last checkpoint.
-        done = _earlier_job(run_dir, list(hydra_cfg.overrides.task))
+        done = earlier_job(run_dir, list(hydra_cfg.overrides.task))
         if done is not None:
             return done
         resuming = True
@@ -247,7 +248,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     monitored = "eval" in summary and cfg.eval.monitor
     summary["objective"] = summary["eval"][cfg.eval.monitor] if monitored else summary["final_loss"]
     summary["objective_name"] = f"eval/{cfg.eval.monitor}" if monitored else "final_loss"
-    _plot_losses(steps, values, run_dir / "plots" / "loss.png")
+    plot_losses(steps, values, run_dir / "plots" / "loss.png")
     record = update_metrics(run_dir, **summary)
     if not losses.failure:
         grids = sorted((run_dir / "samples").glob("step_*.png"))
@@ -383,36 +384,6 @@ def train_callbacks(
     return callbacks
 
 
-def _earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
-    """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if saved.exists() and list(OmegaConf.load(saved)) != overrides:
-        raise ForeignFolderError(
-            f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
-            f"different sweep; give it a new name with tag=<new tag>"
-        )
-    config = run_dir / ".hydra" / "config.yaml"
-    if config.exists():
-        check_current_keys(OmegaConf.load(config), f"the sweep job {run_dir} (give the sweep a new tag=)")
-    record = read_metrics(run_dir)
-    if record.get("status") not in ("finished", "pruned"):
-        log.info("resuming unfinished job %s", run_dir)
-        return None
-    log.info("skipping %s job %s", record["status"], run_dir)
-    return record["objective"]
-
-
-def _saved_config(run_dir: Path, cfg: DictConfig) -> DictConfig:
-    """The recipe of the run being resumed, from its own `.hydra/config.yaml`."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not holds_run(run_dir) or not saved.exists():
-        raise ConfigError(f"resume={cfg.resume} is not a diffexp run folder (no .hydra/config.yaml or checkpoints/)")
-    old = OmegaConf.load(saved)
-    check_current_keys(old, f"resume={cfg.resume}")
-    old.resume = cfg.resume
-    return old
-
-
 def _record_steps(run_dir: Path, config: dict, steps: int) -> None:
     """The steps a budget decided, in the config that checkpoints, W&B and the model card carry, and in the run's
     saved `.hydra/config.yaml` (reproduction reads it, with its budget, and gets the same steps)."""
@@ -452,29 +423,6 @@ def _logger(cfg: DictConfig, run_dir: Path, choices: dict, wandb_id: str | None,
         drop_anonymous(logger)
         return logger
     return instantiate(cfg.logger)
-
-
-def _plot_losses(steps: list[int], values: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    if values:
-        ax.plot(steps, values, alpha=0.3, label="per step")
-        k = max(1, len(values) // 50)
-        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, label=f"mean of {k}")
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
