@@ -1,7 +1,12 @@
 """The measurement behind docs/recipes.md's per-size table (issues 12 and 14): train, judge, report.
 
     python benchmarks/recipe_table.py [--out /tmp/diffexp-recipes] [--seeds 0 1 2] [--sizes tiny small base]
-                                      [--only train,judge,posthoc,report]
+                                      [--only train,judge,posthoc,report] [OVERRIDE...]
+
+OVERRIDEs go to every training run after the recipe's own: `trainer=gpu` on a CUDA machine (evaluation picks the GPU
+itself). On 2 CPU cores the whole table is about 15 hours, estimated from the per-job times in README's Sweep: ~4 h
+of training and ~2 h of post-hoc runs and widths, and ~9 h for DDPM-1000 at 500 samples (1000 network evaluations
+of each image: ~13 min a tiny run, ~30 min a small one, ~2 h a base one).
 
 - train: per size, diffexp's best recipe (`experiment=digits_best_<size>`) against the course's recipe
   (`experiment=course_recipe`) at the same budget of images seen, over `--seeds`; one evaluation, at the end (5
@@ -56,10 +61,10 @@ def recipes(size: str, seed: int) -> dict[str, list[str]]:
     return runs
 
 
-def train(out: Path, name: str, overrides: list[str]) -> None:
+def train(out: Path, name: str, overrides: list[str], extra: list[str]) -> None:
     if (out / "multirun" / name / "0" / "pipeline").exists():
         return
-    command(out, name, "diffexp.train", "-m", *overrides, f"sweep_name={name}", *COMMON)
+    command(out, name, "diffexp.train", "-m", *overrides, f"sweep_name={name}", *COMMON, *extra)
 
 
 def judge(out: Path, runs: list[Path]) -> None:
@@ -98,19 +103,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=list(BUDGET), choices=list(BUDGET))
     parser.add_argument("--only", default="train,judge,posthoc,report")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every training run, e.g. trainer=gpu")
     a = parser.parse_args()
     out, only = a.out.resolve(), a.only.split(",")
     out.mkdir(parents=True, exist_ok=True)
     seed0 = {name: o for size in a.sizes for name, o in recipes(size, 0).items()}
     if "train" in only:  # seed 0 of everything first: the judge needs it
         for name, overrides in seed0.items():
-            train(out, name, [*overrides, "seed=0"])
+            train(out, name, [*overrides, "seed=0"], a.overrides)
     if "judge" in only:
         judge(out, [out / "multirun" / name / "0" for name in seed0])
     if "posthoc" in only:
         for size in a.sizes:
             name = f"posthoc_{size}_s0"
-            train(out, name, [f"experiment=digits_best_{size}", "ema=posthoc", "seed=0"])
+            train(out, name, [f"experiment=digits_best_{size}", "ema=posthoc", "seed=0"], a.overrides)
             run = out / "multirun" / name / "0"
             if run.exists() and not list((run / "eval").glob("ema_sigma_rel-*.csv")):
                 command(out, f"widths_{size}", "diffexp.evaluate", f"run={run}", f"ema_sigma_rel={WIDTHS}", "threads=2")
@@ -118,7 +124,7 @@ def main() -> None:
         for seed in a.seeds:
             for size in a.sizes:
                 for name, overrides in recipes(size, seed).items():
-                    train(out, name, [*overrides, f"seed={seed}"])
+                    train(out, name, [*overrides, f"seed={seed}"], a.overrides)
     if "report" in only:
         sweeps = sorted(str(p) for p in (out / "multirun").glob("*_s*") if not p.name.startswith("posthoc"))
         command(out, "report", "diffexp.compare", f"sweep=[{','.join(sweeps)}]", f"out={out / 'report'}")

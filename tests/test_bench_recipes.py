@@ -1,0 +1,47 @@
+"""The recipe-table command (benchmarks/recipe_table.py) runs end to end: it trains each recipe as a sweep of its own,
+skips what is done when run again, and reports over the runs. Tiny settings through its OVERRIDE arguments keep it to
+a minute; the real table is the same command with none."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli import ENV
+
+SMALL = [  # after the recipes' own settings: a few steps of a small UNet, a small evaluation
+    "budget.images=128",
+    "model.block_out_channels=[32,32]",
+    "model.attention_levels=[false,true]",
+    "model.layers_per_block=1",
+    "data.resolution=16",
+    "data.batch_size=16",
+    "sampler.steps=3",
+    "eval.n_samples=64",
+    "eval.seeds=2",
+    "eval.reference_size=100",
+    "eval.sampler_steps=2",
+    "eval.denoise_images=8",
+]
+
+
+@pytest.mark.slow
+def test_recipe_table_trains_each_recipe_once_and_reports(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "recipe_table.py"
+    args = [sys.executable, str(script), "--out", str(tmp_path), "--sizes", "tiny", "--seeds", "0", "--only"]
+    out = subprocess.run([*args, "train,report", *SMALL], env=ENV, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0 and "failed" not in out.stdout, out.stdout + out.stderr[-3000:]
+    runs = {p.parents[1].name: p.parent for p in (tmp_path / "multirun").glob("*/0/pipeline")}
+    assert sorted(runs) == ["best_tiny_s0", "course_tiny_s0"]
+    for run in runs.values():  # the budget the overrides set, not the recipe's 96k images
+        assert (run / "losses.csv").read_text().count("\n") == 1 + 128 // 16
+
+    rows = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
+    assert len(rows) == 2 and all(float(r["fid"]) > 0 for r in rows), rows
+
+    again = subprocess.run([*args, "train", *SMALL], env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "diffexp.train" not in again.stdout, again.stdout  # both done: nothing rerun
