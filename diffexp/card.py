@@ -147,7 +147,8 @@ def figures_section(ev: dict, posthoc_line: str) -> str:
     if ev and ev.get("denoise") is not None:
         denoise = (
             f"\nHeld-out denoising error (`denoise`): {ev['denoise']:.4g} ({ev.get('denoise_images')} held-out images; "
-            f"{ev.get('denoise_weighting')}; lower is better, comparable across targets and schedules).\n"
+            f"{ev.get('denoise_weighting')}; lower is better, comparable across schedules within one prediction "
+            f"target).\n"
         )
     if not ev or ev.get("n_real") is None or all(ev.get(key) is None for key in FIGURE_NAMES):
         return posthoc_line + "These weights have no quality figures (the run trained with `eval=none`, or this width "

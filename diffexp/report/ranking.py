@@ -14,7 +14,7 @@ HIGHER_IS_BETTER = {
     "precision": True,
     "recall": True,
     "top_prob": True,  # the digits net's mean top-class probability of the samples
-    "denoise": False,  # the held-out denoising error (diffexp/denoise.py): any data, any target or schedule
+    "denoise": False,  # the held-out denoising error (diffexp/denoise.py): any data; compared within one target
     "final_loss": False,
 }
 STATUS_ORDER = {"finished": 0, "running": 1, "pruned": 2, "failed": 3}
@@ -36,7 +36,8 @@ def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:
     if has("denoise"):
         return "denoise", (
             f"No run has `{metric}` (trained with eval=none?), so runs are ranked by their held-out denoising error, "
-            f"which compares across schedules, prediction targets and loss weightings (diffexp/denoise.py)."
+            f"which compares across schedules and loss weightings but only within one prediction target "
+            f"(docs/recipes.md: trained epsilon models score worse at equal FID)."
         )
     return "final_loss", (
         f"No run has `{metric}` or a held-out denoising error, so runs are ranked by their final training loss, "
@@ -48,6 +49,11 @@ def basis_note(metric: str, bases: list[str]) -> str | None:
     """The line saying why runs of several bases are ranked apart (None with one basis)."""
     if len(bases) < 2:
         return None
+    if metric == "denoise":
+        return (
+            f"Held-out denoising errors of different prediction targets do not rank runs as sample quality does "
+            f"({'; '.join(bases)}; docs/recipes.md): each group is ranked on its own."
+        )
     if metric == "final_loss":
         return (
             f"Training losses of different schedules, prediction targets or loss weightings measure different errors "
@@ -90,7 +96,8 @@ def score(run: dict, metric: str) -> dict:
         basis = f"{net}, {ev.get('n_real')} {reference} real / {ev.get('n_fake')} fake"
         if metric == "denoise":
             levels = len(ev.get("denoise_levels") or ())
-            basis = f"held-out denoising error, {ev.get('denoise_images')} images x {levels} levels"
+            target = (run["config"].get("schedule") or {}).get("prediction_type", "?")
+            basis = f"held-out denoising error, {target} target, {ev.get('denoise_images')} images x {levels} levels"
     ranked = run["status"] == "finished" and isinstance(value, int | float) and math.isfinite(value)
     ev = run["eval"]
     ci = ev.get(f"{metric}_ci") if metric != "final_loss" else None
