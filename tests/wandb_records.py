@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -24,6 +25,8 @@ def raw_records(path: Path) -> list[bytes]:
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):
+            break  # a chunk still being written
         chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == FULL:
@@ -40,11 +43,25 @@ def raw_records(path: Path) -> list[bytes]:
     return out
 
 
-def read_run(run_folder: Path) -> dict:
-    """`{"config": {...}, "history": [{key: value}], "summary": {...}, "files": [...]}` of an offline run."""
+def read_run(run_folder: Path, wait: float = 30.0) -> dict:
+    """`{"config": {...}, "history": [{key: value}], "summary": {...}, "files": [...]}` of an offline run.
+
+    `wandb.finish` returns once the exit is handled, but wandb's service closes (flushes) the run file afterwards,
+    on its own thread: a reader right after `finish` can miss the last records, so this waits up to `wait` seconds
+    for the exit record (seen on a loaded CI machine: `exit` None right after a run that had finished).
+    """
+    (wandb_file,) = Path(run_folder).glob("run-*.wandb")
+    deadline = time.monotonic() + wait
+    while True:
+        run = _parse(wandb_file)
+        if run["exit"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _parse(wandb_file: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (wandb_file,) = Path(run_folder).glob("run-*.wandb")
     run = {"config": {}, "history": [], "summary": {}, "files": [], "run": None, "exit": None}
     for raw in raw_records(wandb_file):
         rec = pb.Record()
