@@ -4,7 +4,7 @@
 
 For each TPE seed both arms run at once, one worker each (`threads=1`, one core each), `sweeps=optuna_tiny` at
 `--images` a trial, for `--minutes` (the sweeper's timeout: a worker starts no trial after it; the running one ends).
-The arms differ only in the pruner (the sweep file's median pruner against `hydra/sweeper/pruner=none`); both
+The arms differ only in the pruner (the sweep file's pruner against `hydra/sweeper/pruner=none`); both
 evaluate at the same 4 images points. Afterwards every trial that improved its arm's best-so-far is scored again
 with the final evaluation on fresh sampling seeds (a search's best figure is optimistic: it won on its own noise).
 An arm *reached* the seed's best recipe when one of its re-scored figures lies inside (or below) that recipe's 95%
@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-ARMS = {"pruning": [], "no pruning": ["hydra/sweeper/pruner=none"]}  # the sweep file's median pruner, or none
+ARMS = {"pruning": [], "no pruning": ["hydra/sweeper/pruner=none"]}  # the sweep file's pruner, or none
 RESCORE_SEED = 10_000  # first sampling seed of the re-scoring (the trials' own final evaluation used seeds 0-4)
 
 

@@ -13,9 +13,13 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from conftest import CONF_DIR
 from test_cli import ENV, diffexp
 from test_sweeps import OPTUNA
 
@@ -59,6 +63,31 @@ def test_search_space_keeps_hydra_sweep_syntax():
     assert space["b"] == FloatDistribution(1e-4, 1e-2, log=True)
     assert space["c"] == FloatDistribution(0.0, 1.0)
     assert space["d"] == CategoricalDistribution([1, 2, 3])
+
+
+@pytest.mark.parametrize("sweep", ["optuna_tiny", "optuna_small", "optuna_base"])
+def test_the_sweep_files_prune_only_the_worst_quarter(sweep, tmp_path):
+    # The median rule stopped trials that tied the best (docs/recipes.md, "Does pruning pay?"): the sweep files use
+    # the 75th percentile. Optuna's own pruner, fed the way the sweeper feeds it: images points as steps.
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"sweeps={sweep}"], return_hydra_config=True)
+    pruner = instantiate(cfg.hydra.sweeper.pruner)
+    assert isinstance(pruner, optuna.pruners.PercentilePruner)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=pruner)
+    step = int(cfg.eval.every_n_images)
+    for fid in (40.0, 45.0, 50.0):  # three finished trials, the start-up
+        trial = study.ask()
+        trial.report(fid, step)
+        study.tell(trial, fid / 4)
+    verdicts = []
+    for fid in (47.0, 80.0):  # worse than the median (45) but not the worst quarter (47.5): kept; far worse: stopped
+        trial = study.ask()
+        trial.report(fid, step)
+        verdicts.append(trial.should_prune())
+        study.tell(trial, state=TrialState.PRUNED if verdicts[-1] else TrialState.FAIL)
+    assert verdicts == [False, True]
 
 
 PRUNE = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0", "hydra.sweeper.n_trials=1"]
