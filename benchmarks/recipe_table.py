@@ -6,7 +6,8 @@
 OVERRIDEs go to every training run after the recipe's own: `trainer=gpu` on a CUDA machine (evaluation picks the GPU
 itself). On 2 CPU cores the whole table is about 15 hours, estimated from the per-job times in README's Sweep: ~4 h
 of training and ~2 h of post-hoc runs and widths, and ~9 h for DDPM-1000 at 500 samples (1000 network evaluations
-of each image: ~13 min a tiny run, ~30 min a small one, ~2 h a base one).
+of each image: ~30 min a small run, ~2 h a base one, estimated; a tiny run measured 5 min on 2026-11-29, so these
+are likely high). The tiny part measured 1.5 h: 6 training runs of ~8 min, the judge 27 min, the post-hoc run 13.
 
 - train: per size, diffexp's best recipe (`experiment=digits_best_<size>`) against the course's recipe
   (`experiment=course_recipe`) at the same budget of images seen, over `--seeds`; one evaluation, at the end (5
