@@ -1,6 +1,6 @@
 """Which pruner would have kept the search's best trials? Replays recorded learning curves (issue 13, item 7).
 
-    python benchmarks/prune_replay.py OUT/multirun/bench-no-pruning-seed*  [--startup 4]
+    python benchmarks/prune_replay.py OUT/multirun/bench-no-pruning-seed*  [--startup 3]
 
 A no-pruning arm of `benchmarks/search.py` ran every trial to the end, so its trials hold the whole curve: the FID
 reported at each images point and the final figure with its 95% interval. This feeds those curves, trial by trial in
@@ -19,13 +19,21 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-PRUNERS = {  # the sweeper's options (hydra_plugins/diffexp_optuna_sweeper/config.py), n_startup_trials set below
-    "median": lambda n: optuna.pruners.MedianPruner(n_startup_trials=n),
-    "median after 2 points": lambda n: optuna.pruners.MedianPruner(n_startup_trials=n, n_warmup_steps=7000),
-    "percentile 75": lambda n: optuna.pruners.PercentilePruner(75.0, n_startup_trials=n),
-    "successive halving": lambda n: optuna.pruners.SuccessiveHalvingPruner(reduction_factor=2),
-    "hyperband": lambda n: optuna.pruners.HyperbandPruner(min_resource=6000, max_resource=24064, reduction_factor=2),
-}
+
+def pruners(startup: int, first_point: int) -> dict[str, optuna.pruners.BasePruner]:
+    """The sweeper's pruner options (hydra_plugins/diffexp_optuna_sweeper/config.py), as a sweep file builds them."""
+    from hydra.utils import instantiate
+
+    from hydra_plugins.diffexp_optuna_sweeper.config import PRUNERS
+
+    startup_ = {"n_startup_trials": startup}
+    return {
+        "median": instantiate(PRUNERS["median"] | startup_),
+        "median after 2 points": instantiate(PRUNERS["median"] | startup_ | {"n_warmup_steps": first_point + 1}),
+        "percentile 75": instantiate(PRUNERS["percentile"] | startup_),
+        "successive halving": instantiate(PRUNERS["successive_halving"]),
+        "hyperband": instantiate(PRUNERS["hyperband"] | {"min_resource": first_point}),
+    }
 
 
 def curves(arm: Path) -> list[dict]:
@@ -35,7 +43,15 @@ def curves(arm: Path) -> list[dict]:
         m = json.loads(f.read_text())
         if m.get("status") == "finished":
             points = [(e["images"], e["fid"]) for e in m["eval_history"][:-1]]  # the last one is the final eval
-            out.append({"trial": f.parent.name, "points": points, "final": m["eval"]["fid"], "ci": m["eval"]["fid_ci"]})
+            out.append(
+                {
+                    "trial": f.parent.name,
+                    "points": points,
+                    "images": m["images_seen"],
+                    "final": m["eval"]["fid"],
+                    "ci": m["eval"]["fid_ci"],
+                }
+            )
     return out
 
 
@@ -63,21 +79,23 @@ def main() -> None:
     parser.add_argument("--startup", type=int, default=3, help="finished trials before median/percentile prune")
     a = parser.parse_args()
     arms = {arm.name: curves(arm) for arm in a.arms}
-    print(f"{sum(map(len, arms.values()))} finished trials from {len(arms)} arm(s); images saved: of all trials' "
-          "training images; lost: pruned, but the final FID is inside the arm's best's 95% interval\n")
+    print(
+        f"{sum(map(len, arms.values()))} finished trials from {len(arms)} arm(s); images saved: of all trials' "
+        "training images; lost: pruned, but the final FID is inside the arm's best's 95% interval\n"
+    )
     print("| pruner | pruned | training images saved | lost |\n| --- | --- | --- | --- |")
-    for name, make in PRUNERS.items():
+    first_point = min(t["points"][0][0] for trials in arms.values() for t in trials)
+    for name in pruners(a.startup, first_point):
         pruned, saved, total, lost = 0, 0, 0, []
         for arm, trials in arms.items():
             best_hi = min(trials, key=lambda t: t["final"])["ci"][1]
-            final_images = {t["trial"]: t["points"][-1][0] / 3 * 4 for t in trials}  # 4 equal steps a trial
-            total += sum(final_images.values())
-            for trial, images in replay(trials, make(a.startup)):
+            by_name = {t["trial"]: t for t in trials}
+            total += sum(t["images"] for t in trials)
+            for trial, images in replay(trials, pruners(a.startup, first_point)[name]):  # a fresh pruner an arm
                 pruned += 1
-                saved += final_images[trial] - images
-                final = next(t["final"] for t in trials if t["trial"] == trial)
-                if final <= best_hi:
-                    lost.append(f"{arm[-5:]}/{trial} ({final:.1f})")
+                saved += by_name[trial]["images"] - images
+                if by_name[trial]["final"] <= best_hi:
+                    lost.append(f"{arm[-5:]}/{trial} ({by_name[trial]['final']:.1f})")
         print(f"| {name} | {pruned} | {saved / total:.0%} | {len(lost)}{': ' + ', '.join(lost) if lost else ''} |")
 
 
