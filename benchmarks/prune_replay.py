@@ -17,22 +17,22 @@ import json
 from pathlib import Path
 
 import optuna
+from hydra.utils import instantiate
 from optuna.trial import TrialState
 
 
-def pruners(startup: int, first_point: int) -> dict[str, optuna.pruners.BasePruner]:
-    """The sweeper's pruner options (hydra_plugins/diffexp_optuna_sweeper/config.py), as a sweep file builds them."""
-    from hydra.utils import instantiate
-
+def pruner_specs(startup: int, first_point: int) -> dict[str, dict]:
+    """The sweeper's pruner options (hydra_plugins/diffexp_optuna_sweeper/config.py) as a sweep file sets them; each
+    `hydra.utils.instantiate(spec)` is a fresh pruner."""
     from hydra_plugins.diffexp_optuna_sweeper.config import PRUNERS
 
     startup_ = {"n_startup_trials": startup}
     return {
-        "median": instantiate(PRUNERS["median"] | startup_),
-        "median after 2 points": instantiate(PRUNERS["median"] | startup_ | {"n_warmup_steps": first_point + 1}),
-        "percentile 75": instantiate(PRUNERS["percentile"] | startup_),
-        "successive halving": instantiate(PRUNERS["successive_halving"]),
-        "hyperband": instantiate(PRUNERS["hyperband"] | {"min_resource": first_point}),
+        "median": PRUNERS["median"] | startup_,
+        "median after 2 points": PRUNERS["median"] | startup_ | {"n_warmup_steps": first_point + 1},
+        "percentile 75": PRUNERS["percentile"] | startup_,
+        "successive halving": PRUNERS["successive_halving"],
+        "hyperband": PRUNERS["hyperband"] | {"min_resource": first_point},
     }
 
 
@@ -85,13 +85,13 @@ def main() -> None:
     )
     print("| pruner | pruned | training images saved | lost |\n| --- | --- | --- | --- |")
     first_point = min(t["points"][0][0] for trials in arms.values() for t in trials)
-    for name in pruners(a.startup, first_point):
+    for name, spec in pruner_specs(a.startup, first_point).items():
         pruned, saved, total, lost = 0, 0, 0, []
         for arm, trials in arms.items():
             best_hi = min(trials, key=lambda t: t["final"])["ci"][1]
             by_name = {t["trial"]: t for t in trials}
             total += sum(t["images"] for t in trials)
-            for trial, images in replay(trials, pruners(a.startup, first_point)[name]):  # a fresh pruner an arm
+            for trial, images in replay(trials, instantiate(spec)):  # a fresh pruner an arm
                 pruned += 1
                 saved += by_name[trial]["images"] - images
                 if by_name[trial]["final"] <= best_hi:

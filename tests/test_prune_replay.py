@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from prune_replay import curves, pruners, replay  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from prune_replay import curves, pruner_specs, replay  # noqa: E402
 
 
 def write_arm(folder: Path, finals: list[float], firsts: list[float]) -> Path:
@@ -29,6 +30,6 @@ def test_percentile_keeps_a_slow_starter_that_ties_and_stops_a_hopeless_trial(tm
     arm = write_arm(tmp_path / "arm", [11.0, 20.0, 30.0, 11.5, 120.0], [40.0, 45.0, 60.0, 50.0, 380.0])
     trials = curves(arm)
     assert [t["points"][0] for t in trials][:2] == [(6000, 40.0), (6000, 45.0)] and trials[0]["images"] == 24000
-    built = pruners(startup=3, first_point=6000)
-    assert replay(trials, built["percentile 75"]) == [("trial-0004", 6000)]
-    assert ("trial-0003", 6000) in replay(trials, pruners(startup=3, first_point=6000)["median"])
+    specs = pruner_specs(startup=3, first_point=6000)
+    assert replay(trials, instantiate(specs["percentile 75"])) == [("trial-0004", 6000)]
+    assert ("trial-0003", 6000) in replay(trials, instantiate(specs["median"]))
