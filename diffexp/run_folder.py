@@ -237,9 +237,10 @@ def load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
 def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
     saved = run_dir / ".hydra" / "overrides.yaml"
-    if saved.exists() and list(OmegaConf.load(saved)) != overrides:
+    theirs = list(OmegaConf.load(saved)) if saved.exists() else overrides
+    if theirs != overrides:
         raise ForeignFolderError(
-            f"{run_dir} holds another recipe ({', '.join(OmegaConf.load(saved))}): this sweep's folder is from a "
+            f"{run_dir} holds another recipe ({', '.join(theirs)}): this sweep's folder is from a "
             f"different sweep; give it a new name with tag=<new tag>"
         )
     config = run_dir / ".hydra" / "config.yaml"

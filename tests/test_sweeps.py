@@ -172,3 +172,20 @@ def test_two_by_two_grid_in_parallel_gives_four_wandb_runs_and_a_report(tmp_path
         first = next(r for r in rows if r["size"] == size)
         assert abs(float(first["fid"]) - best) < 1e-6
         assert (report / "conf" / "experiment" / f"best_{size}.yaml").exists()
+
+
+def test_a_sweep_job_folder_is_skipped_resumed_or_refused_by_what_it_holds(tmp_path):
+    # The check a sweep job makes before any work (diffexp.run_folder.earlier_job), without training.
+    from omegaconf import OmegaConf
+
+    from diffexp.errors import ForeignFolderError
+    from diffexp.run_folder import earlier_job, update_metrics
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(["model=tiny", "optim.optimizer.lr=1e-3"], job / ".hydra" / "overrides.yaml")
+    with pytest.raises(ForeignFolderError, match=r"holds another recipe \(model=tiny, optim.optimizer.lr=1e-3\)"):
+        earlier_job(job, ["model=tiny", "optim.optimizer.lr=2e-3"])
+    assert earlier_job(job, ["model=tiny", "optim.optimizer.lr=1e-3"]) is None  # nothing finished: resume
+    update_metrics(job, status="finished", objective=7.5)
+    assert earlier_job(job, ["model=tiny", "optim.optimizer.lr=1e-3"]) == 7.5  # finished: skipped, its figure
