@@ -84,27 +84,35 @@ def test_help_lists_only_the_groups_the_command_reads(command, groups, monkeypat
 
 
 def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tiny_cfg):
+    """One real `diffexp-sample` process and one refused, side by side; the repeats run in-process (`sample.run`),
+    which must draw what the command drew."""
     from PIL import Image
 
+    from conftest import compose_train
+    from diffexp.sample import run as sample
     from diffexp.train import run
 
     run(tiny_cfg())
     folder = tmp_path / "run"
     # The default sampler is stochastic (fresh noise each step): the seed must fix that noise too.
     args = [f"run={folder}", "sampler=dpm_solver_sde", "sampler.steps=3", "n=6", "seed=3", "singles=true", "threads=2"]
-    first, second = diffexp("sample", *args, cwd=tmp_path), diffexp("sample", *args, cwd=tmp_path)
-    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    bad = subprocess.Popen(
+        [str(Path(sys.executable).parent / "diffexp-sample"), f"run={tmp_path}"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = diffexp("sample", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = sample(compose_train(args, tmp_path / "again", name="sample"))
     a, b = (folder / "samples" / f"dpm_solver_sde-3steps-seed3-n6{suffix}.png" for suffix in ("", "-2"))
-    assert a.exists() and b.exists()
+    assert a.exists() and second == b  # a new file beside the first, never over it
     assert Image.open(a).tobytes() == Image.open(b).tobytes()
     assert len(list((folder / "samples" / "dpm_solver_sde-3steps-seed3-n6").glob("*.png"))) == 6
-    other = diffexp("sample", *args[:-3], "seed=4", cwd=tmp_path)
-    assert other.returncode == 0
-    c = folder / "samples" / "dpm_solver_sde-3steps-seed4-n6.png"
-    assert Image.open(c).tobytes() != Image.open(a).tobytes()
-    bad = diffexp("sample", f"run={tmp_path}", cwd=tmp_path)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().splitlines()[-1].startswith("error: run=")
+    other = sample(compose_train([*args[:-3], "seed=4", "threads=2"], tmp_path / "other", name="sample"))
+    assert other == folder / "samples" / "dpm_solver_sde-3steps-seed4-n6.png"
+    assert Image.open(other).tobytes() != Image.open(a).tobytes()
+    _, stderr = bad.communicate(timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: run=")
 
 
 def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> None:
