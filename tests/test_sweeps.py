@@ -116,8 +116,10 @@ def test_optuna_sweep_runs_trials_and_gets_their_metric_and_reproducing_one_neve
         assert ("ema.sigma_rel" in overrides) == (overrides["ema"] == "power"), overrides
         assert overrides["optuna.trial"] == str(int(job.split("-")[1]))
 
-    out = diffexp("reproduce", f"run={sweep / 'trial-0000'}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    from conftest import compose_train
+    from diffexp.reproduce import run as reproduce
+
+    reproduce(compose_train([f"run={sweep / 'trial-0000'}"], tmp_path / "again", name="reproduce"))  # as the command
     again = optuna.load_study(study_name="optuna_tiny", storage=storage).trials
     assert [(t.state, t.intermediate_values) for t in again] == [(t.state, t.intermediate_values) for t in trials]
 
