@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, compose_train
 from wandb_records import read_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -88,7 +88,6 @@ def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tin
     which must draw what the command drew."""
     from PIL import Image
 
-    from conftest import compose_train
     from diffexp.sample import run as sample
     from diffexp.train import run
 

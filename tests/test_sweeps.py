@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, compose_train
+from diffexp.reproduce import run as reproduce
 from test_cli import ENV, diffexp, kill_train_once
 
 QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
@@ -115,9 +116,6 @@ def test_optuna_sweep_runs_trials_and_gets_their_metric_and_reproducing_one_neve
         assert overrides["ema"] in ("none", "power") and "optim.warmup" in overrides
         assert ("ema.sigma_rel" in overrides) == (overrides["ema"] == "power"), overrides
         assert overrides["optuna.trial"] == str(int(job.split("-")[1]))
-
-    from conftest import compose_train
-    from diffexp.reproduce import run as reproduce
 
     reproduce(compose_train([f"run={sweep / 'trial-0000'}"], tmp_path / "again", name="reproduce"))  # as the command
     again = optuna.load_study(study_name="optuna_tiny", storage=storage).trials
