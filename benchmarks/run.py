@@ -179,52 +179,65 @@ def bench_train(steps: int, skip_course: bool) -> list[dict]:
     return rows
 
 
-def bench_posthoc(steps: int) -> list[dict]:
-    """What post-hoc EMA costs a tiny step: its two profiles (paired against the plain loop, like the default power
-    EMA) plus its snapshot writes, timed apart and spread over the steps between two snapshots."""
-    from diffexp.posthoc import write_snapshot
-
-    recipe = RECIPES["digits default (tiny, 16px)"]
-    batch, rows, ratios, ours_s = recipe[-1], [], {}, {}
-    writes: list[float] = []
-
-    def time_writes(module, run_dir) -> None:
-        for i in range(5):
-            start = time.perf_counter()
-            write_snapshot(run_dir / "ema", 10_000 + i, module.ema)
-            writes.append(time.perf_counter() - start)
-
-    for ema in ("power", "posthoc"):
-        plain, ours = paired_steps(recipe, steps, 1797, ema=ema, keep=time_writes if ema == "posthoc" else None)
-        ours_s[ema] = float(np.median(ours))
-        ratios[ema] = float(np.median(plain)) / ours_s[ema]
-        rows.append(
-            {
-                "benchmark": f"train step: digits default (tiny, 16px), ema={ema}",
-                "diffexp": f"{batch / float(np.median(ours)):.1f} img/s",
-                "reference": f"{batch / float(np.median(plain)):.1f} img/s (plain loop)",
-                "ratio": round(ratios[ema], 3),
-                "target": "",
-                "steps": steps,
-            }
-        )
+def digits_size(size: str) -> tuple[tuple, int]:
+    """A digits size as `diffexp-train experiment=digits_best_<size>` builds it: the RECIPES tuple and its images."""
     from omegaconf import OmegaConf
 
     from diffexp.config import CONF_DIR
 
-    between = OmegaConf.load(Path(CONF_DIR) / "ema" / "posthoc.yaml").snapshot_every / batch  # steps per snapshot
-    write_s = float(np.median(writes))
-    # each side against its own plain-loop steps (the shared yardstick), plus the writes spread over their steps
-    cost = (ratios["power"] / ratios["posthoc"]) * (1 + write_s / between / ours_s["posthoc"]) - 1
-    rows.append(
-        {
-            "benchmark": f"ema=posthoc: a snapshot write (every {between:.0f} steps); time per step against ema=power",
-            "diffexp": f"{1000 * write_s:.1f} ms a write; {100 * cost:+.1f}% a step",
-            "reference": "",
-            "ratio": "",
-            "target": "<= +5%",
-        }
-    )
+    model = OmegaConf.load(Path(CONF_DIR) / "model" / f"{size}.yaml")
+    exp = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"digits_best_{size}.yaml")
+    batch = OmegaConf.select(exp, "data.batch_size", default=64)  # the digits default's batch
+    images = OmegaConf.select(exp, "budget.images", default=96000)  # the default budget
+    widths, attention = list(model.block_out_channels), list(model.attention_levels)
+    return (16, 1, widths, attention, model.layers_per_block, batch), images
+
+
+def bench_posthoc(steps: int) -> list[dict]:
+    """What post-hoc EMA costs a run of each digits size: its two profiles (each EMA's steps paired against the
+    plain loop, the shared yardstick) plus its snapshot writes, timed apart and spread over the steps between two
+    snapshots; the bytes of a snapshot and of a run's snapshots at the size's budget."""
+    from omegaconf import OmegaConf
+
+    from diffexp.config import CONF_DIR
+    from diffexp.posthoc import write_snapshot
+
+    snapshot_every = OmegaConf.load(Path(CONF_DIR) / "ema" / "posthoc.yaml").snapshot_every
+    rows = []
+    for size in ("tiny", "small", "base"):
+        recipe, images = digits_size(size)
+        batch, ratios, ours_s, writes, sizes = recipe[-1], {}, {}, [], []
+        n = steps if size == "tiny" else max(10, steps // 3)  # the larger UNets' steps are slow on CPU
+
+        def time_writes(module, run_dir, writes=writes, sizes=sizes) -> None:  # this size's lists
+            for i in range(5):
+                start = time.perf_counter()
+                path = write_snapshot(run_dir / "ema", 10_000 + i, module.ema)
+                writes.append(time.perf_counter() - start)
+                sizes.append(path.stat().st_size)
+
+        for ema in ("power", "posthoc"):
+            plain, ours = paired_steps(recipe, n, 1797, ema=ema, keep=time_writes if ema == "posthoc" else None)
+            ours_s[ema] = float(np.median(ours))
+            ratios[ema] = float(np.median(plain)) / ours_s[ema]
+        between, run_steps = snapshot_every / batch, images // batch
+        snapshots = -(-run_steps // int(between))  # every `between` steps, the last step included
+        write_s = float(np.median(writes))
+        # each side against its own plain-loop steps, plus the writes spread over their steps
+        cost = (ratios["power"] / ratios["posthoc"]) * (1 + write_s / between / ours_s["posthoc"]) - 1
+        mb = sizes[0] / 1e6
+        rows.append(
+            {
+                "benchmark": f"ema=posthoc on {size} (batch {batch}, {images // 1000}k images, a snapshot every "
+                f"{between:g} steps), against ema=power",
+                "diffexp": f"{mb:.1f} MB and {1000 * write_s:.0f} ms a snapshot; {snapshots} a run, "
+                f"{snapshots * mb:.0f} MB",
+                "reference": f"{100 * cost:+.1f}% a step, {cost * run_steps * ours_s['power']:+.0f} s a run",
+                "ratio": round(ratios["posthoc"] / ratios["power"], 3),
+                "target": "<= +5% a step",
+                "steps": n,
+            }
+        )
     return rows
 
 
