@@ -4,20 +4,21 @@
                                       [--only train,judge,posthoc,report] [OVERRIDE...]
 
 OVERRIDEs go to every training run after the recipe's own: `trainer=gpu` on a CUDA machine (evaluation picks the GPU
-itself). On 2 CPU cores the whole table is about 15 hours, estimated from the per-job times in README's Sweep: ~4 h
-of training and ~2 h of post-hoc runs and widths, and ~9 h for DDPM-1000 at 500 samples (1000 network evaluations
-of each image: ~30 min a small run, ~2 h a base one, estimated; a tiny run measured 5 min on 2026-11-29, so these
-are likely high). The tiny part measured 1.5 h: 6 training runs of ~8 min, the judge 27 min, the post-hoc run 13.
+itself). Measured on 2 CPU cores, one job at a time: tiny 1.5 h (6 training runs of ~8 min, the judge 27 min, the
+post-hoc run 13 min); small 6 runs of ~11.6 min and the post-hoc run 15 min plus ~12 min of widths; base 7 runs of
+9-10 min and the post-hoc run 15.5 min plus 24 min of widths. The judge on small and base is still estimated: mostly
+DDPM-1000 at 500 samples (1000 network evaluations of each image; base samples 256 images at 25 steps in ~43 s, so
+about an hour a base run; a tiny run took 5 min).
 
 - train: per size, diffexp's best recipe (`experiment=digits_best_<size>`) against the course's recipe
   (`experiment=course_recipe`) at the same budget of images seen, over `--seeds`; one evaluation, at the end (5
   sampling seeds x 256 samples with the default judge). Seed 0 also trains the base recipe with v-prediction, so
-  every size has an epsilon and a v run for the judge check.
+  every size has an epsilon and a v run for the judge check (not in the report: one seed).
 - judge: seed 0 of every recipe scored at 500 samples (one sampling seed) by several fast samplers and by DDPM-1000,
   the reference: does the fast judge rank the recipes as DDPM-1000 does? Writes OUT/judge.md.
 - posthoc: each size's best recipe with `ema=posthoc`, scored at several EMA widths (`diffexp-evaluate
   ema_sigma_rel=[...]`): the best width against the recipe's fixed one.
-- report: `diffexp-compare` over every trained run (OUT/report/): means, 95% intervals, Welch verdicts.
+- report: `diffexp-compare` over the table's runs (OUT/report/): means, 95% intervals, Welch verdicts.
 
 Every step is a plain diffexp command (printed as it starts, logged in OUT/logs/); the same command again skips
 what is done and resumes an interrupted run from its last checkpoint (a sweep folder's own resume).
@@ -127,7 +128,9 @@ def main() -> None:
                 for name, overrides in recipes(size, seed).items():
                     train(out, name, [*overrides, f"seed={seed}"], a.overrides)
     if "report" in only:
-        sweeps = sorted(str(p) for p in (out / "multirun").glob("*_s*") if not p.name.startswith("posthoc"))
+        # the table's two recipes only: a one-seed run (bestv, for the judge) would rank as "best, untested" and
+        # leave every verdict of its size untested; post-hoc runs have their own section
+        sweeps = sorted(str(p) for p in (out / "multirun").glob("*_s*") if p.name.startswith(("best_", "course_")))
         command(out, "report", "diffexp.compare", f"sweep=[{','.join(sweeps)}]", f"out={out / 'report'}")
 
 
