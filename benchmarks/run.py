@@ -180,17 +180,17 @@ def bench_train(steps: int, skip_course: bool) -> list[dict]:
 
 
 def digits_size(size: str) -> tuple[tuple, int]:
-    """A digits size as `diffexp-train experiment=digits_best_<size>` builds it: the RECIPES tuple and its images."""
-    from omegaconf import OmegaConf
+    """A digits size as `diffexp-train experiment=digits_best_<size>` composes it: the RECIPES tuple, its images."""
+    from hydra import compose, initialize_config_dir
 
     from diffexp.config import CONF_DIR
 
-    model = OmegaConf.load(Path(CONF_DIR) / "model" / f"{size}.yaml")
-    exp = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"digits_best_{size}.yaml")
-    batch = OmegaConf.select(exp, "data.batch_size", default=64)  # the digits default's batch
-    images = OmegaConf.select(exp, "budget.images", default=96000)  # the default budget
-    widths, attention = list(model.block_out_channels), list(model.attention_levels)
-    return (16, 1, widths, attention, model.layers_per_block, batch), images
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment=digits_best_{size}"])
+    m = cfg.model
+    recipe = (cfg.data.resolution, cfg.data.channels, list(m.block_out_channels), list(m.attention_levels))
+    images = cfg.budget.images or cfg.trainer.max_steps * cfg.data.batch_size  # no budget: the trainer's steps
+    return (*recipe, m.layers_per_block, cfg.data.batch_size), images
 
 
 def bench_posthoc(steps: int) -> list[dict]:
