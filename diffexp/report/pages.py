@@ -110,7 +110,8 @@ Details, and how to train them again: [best.md](best.md).
 VERDICTS = (
     "A recipe is called worse than its size's best only where Welch's 95% interval of the difference of their means "
     "over training seeds excludes 0 (degrees of freedom min(n1, n2) - 1: t = 4.30 at 3 seeds a side); otherwise it "
-    "is a tie. One seed gives no interval, so no verdict."
+    "is a tie. One seed gives no interval, so no verdict. The best is the best mean among recipes with two seeds or "
+    "more, where there are any."
 )
 
 

@@ -204,40 +204,41 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
 
 
 def judge(rows: list[dict]) -> list[dict]:
-    """Adds `verdict` to each recipe row (in `recipes`' order) against the leader (best mean) of its size and basis.
+    """Adds `verdict` to each recipe row (in `recipes`' order) against the reference of its size and basis.
 
-    A recipe is `worse` only where Welch's 95% interval of its difference to the leader excludes 0, else `tie`; with
-    one seed on either side there is no interval (`untested`). The leader is `best` when every other recipe is
-    worse, `best (tied)` when some tie. `vs best` holds the difference and its interval.
+    The reference is the best mean among recipes with two seeds or more, so that one lucky single run cannot leave
+    every verdict of its size untested; where no recipe has two seeds, the best mean. A recipe is `worse` only where
+    Welch's 95% interval of its difference to the reference excludes 0, else `tie`; with one seed on either side
+    there is no interval (`untested`). The reference is `best` when every other recipe is worse, `best (tied)` when
+    some tie. `vs best` holds the difference and its interval.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["size"], r["basis"]), []).append(r)
-    for leader, *others in groups.values():
+    for members in groups.values():
+        leader = next((r for r in members if r["seeds"] > 1), members[0])
+        leader["reference"] = True
+        others = [r for r in members if r is not leader]
         for r in others:
             d = welch(r["values"], leader["values"])
             r["vs best"] = str(d)
             r["verdict"] = "untested (1 seed)" if d.lo is None else "tie" if d.tie else "worse"
-        verdicts = {r["verdict"] for r in others}
+        verdicts = [r["verdict"] for r in others]
+        untested = verdicts.count("untested (1 seed)")
         if not others:
             leader["verdict"] = "only recipe"
-        elif "tie" in verdicts:
-            leader["verdict"] = "best (tied)"
-        elif "untested (1 seed)" in verdicts:
+        elif leader["seeds"] == 1:
             leader["verdict"] = "best by mean, untested (1 seed)"
         else:
-            leader["verdict"] = "best"
+            leader["verdict"] = ("best (tied)" if "tie" in verdicts else "best") + (
+                f"; {untested} one-seed recipe{'s' * (untested > 1)} untested" if untested else ""
+            )
     return rows
 
 
 def best_recipes(rows: list[dict]) -> list[dict]:
-    """The first (best mean) recipe of each model size and basis, from `recipes`' order."""
-    seen, out = set(), []
-    for r in rows:
-        if (r["size"], r["basis"]) not in seen:
-            seen.add((r["size"], r["basis"]))
-            out.append(r)
-    return out
+    """The reference (see `judge`) of each model size and basis, in `recipes`' order."""
+    return [r for r in rows if r.get("reference")]
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
