@@ -128,8 +128,7 @@ def main() -> None:
                 for name, overrides in recipes(size, seed).items():
                     train(out, name, [*overrides, f"seed={seed}"], a.overrides)
     if "report" in only:
-        # the table's two recipes only: a one-seed run (bestv, for the judge) would rank as "best, untested" and
-        # leave every verdict of its size untested; post-hoc runs have their own section
+        # the table's two recipes only: the one-seed v run is the judge's, and post-hoc runs have their own section
         sweeps = sorted(str(p) for p in (out / "multirun").glob("*_s*") if p.name.startswith(("best_", "course_")))
         command(out, "report", "diffexp.compare", f"sweep=[{','.join(sweeps)}]", f"out={out / 'report'}")
 
