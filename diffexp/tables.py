@@ -20,7 +20,7 @@ def with_interval(value: float, ci: list[float] | None) -> str:
 
 
 FIGURE_NAMES = ("fid", "kid", "precision", "recall")  # the quality figures every evaluation gives
-SCALE = {"kid": 1e3}  # KID is shown x10^3, as papers print it (raw values are 1e-4..1e-2)
+SCALE = {"kid": 1e3}  # KID x10^3, as papers print Inception's (raw 1e-4..1e-2; the digits net's raw KID is ~1-100)
 NOISE_MARK = "(within noise)"
 
 
