@@ -54,12 +54,10 @@ def command(out: Path, log: str, *args: str) -> bool:
 
 def recipes(size: str, seed: int) -> dict[str, list[str]]:
     """Sweep name -> overrides of the runs of one size and seed."""
-    runs = {
-        f"best_{size}_s{seed}": [f"experiment=digits_best_{size}"],
-        f"course_{size}_s{seed}": ["experiment=course_recipe", f"model={size}", f"budget.images={BUDGET[size]}"],
-    }
+    runs = {f"best_{size}_s{seed}": [f"experiment=digits_best_{size}"]}
     if size == "base" and seed == 0:  # base's best predicts epsilon, as the course does: add a v run for the judge
         runs["bestv_base_s0"] = ["experiment=digits_best_base", "schedule.prediction_type=v_prediction"]
+    runs[f"course_{size}_s{seed}"] = ["experiment=course_recipe", f"model={size}", f"budget.images={BUDGET[size]}"]
     return runs
 
 
