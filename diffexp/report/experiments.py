@@ -95,7 +95,8 @@ def write_experiments(best: list[dict], used: str, sources: list[str], folder: P
     defaults = train_defaults()
     for b in best:
         comment = [
-            f"Best {b['size']} recipe by mean {used} ({b['basis']}): {spread(b)}; verdict: {b['verdict']};",
+            f"Best {b['size']} recipe by mean {used} ({b['basis']}; of those with 2+ seeds, if any): {spread(b)};",
+            f"verdict: {b['verdict']};",
             f"runs {b['runs']}, from {', '.join(sources)}; written by diffexp-compare {datetime.now():%Y-%m-%d %H:%M}.",
             f"Train it: diffexp-train --config-dir <this report>/conf experiment={b['experiment']}",
         ]
