@@ -1,7 +1,8 @@
 """The measurement behind docs/recipes.md's per-size table (issues 12 and 14): train, judge, report.
 
     python benchmarks/recipe_table.py [--out /tmp/diffexp-recipes] [--seeds 0 1 2] [--sizes tiny small base]
-                                      [--only train,judge,posthoc,report] [OVERRIDE...]
+                                      [--only train,judge,posthoc,report] [--judges dpm_solver_sde ...]
+                                      [--judge-steps 25 50] [--judge-n 500] [--judge-ddpm 1000] [OVERRIDE...]
 
 OVERRIDEs go to every training run after the recipe's own: `trainer=gpu` on a CUDA machine (evaluation picks the GPU
 itself). Measured on 2 CPU cores, one job at a time: tiny 1.5 h (6 training runs of ~8 min, the judge 27 min, the
@@ -67,12 +68,14 @@ def train(out: Path, name: str, overrides: list[str], extra: list[str]) -> None:
     command(out, name, "diffexp.train", "-m", *overrides, f"sweep_name={name}", *COMMON, *extra)
 
 
-def judge(out: Path, runs: list[Path]) -> None:
-    """Each seed-0 run scored by every fast judge and by DDPM-1000 at 500 samples; OUT/judge.md."""
+def judge(out: Path, runs: list[Path], judges: list[str], steps: list[int], n: int = 500, ddpm: int = 1000) -> None:
+    """Each seed-0 run scored by the fast `judges` at `steps` and by DDPM-`ddpm` (the reference), `n` samples each
+    (one sampling seed); OUT/judge.md."""
     for run in runs:
         done = run / "eval" / "judge.done"
         if run.exists() and not done.exists():
-            args = [f"run={run}", f"samplers=[{','.join(JUDGES)}]", "steps=[25,50]", "ddpm_steps=[1000]", "n=500"]
+            fast = [f"samplers=[{','.join(judges)}]", f"steps=[{','.join(map(str, steps))}]"]
+            args = [f"run={run}", *fast, f"ddpm_steps=[{ddpm}]", f"n={n}"]
             if command(out, f"judge_{run.parent.name}", "diffexp.evaluate", *args, "eval.seeds=1", "threads=2"):
                 done.write_text(max((run / "eval").glob("*.csv"), key=os.path.getmtime).name)  # the table just written
     rows = []
@@ -91,7 +94,7 @@ def judge(out: Path, runs: list[Path]) -> None:
     for rec in recipes_:
         lines.append(f"| {rec} | " + " | ".join(f"{fid.get((rec, j), float('nan')):.2f}" for j in judges) + " |")
     (out / "judge.md").write_text(
-        "FID (digits net, 500 samples, sampling seed 0, against the 360 held-out digits) of seed 0 of each recipe, "
+        f"FID (digits net, {n} samples, sampling seed 0, against the 360 held-out digits) of seed 0 of each recipe, "
         "per judge (sampler-steps).\n\n" + "\n".join(lines) + "\n"
     )
     print((out / "judge.md").read_text(), flush=True)
@@ -103,6 +106,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=list(BUDGET), choices=list(BUDGET))
     parser.add_argument("--only", default="train,judge,posthoc,report")
+    parser.add_argument("--judges", nargs="+", default=JUDGES, help="fast samplers the judge step scores")
+    parser.add_argument("--judge-steps", type=int, nargs="+", default=[25, 50])
+    parser.add_argument("--judge-n", type=int, default=500, help="samples per judge (tests: fewer)")
+    parser.add_argument("--judge-ddpm", type=int, default=1000, help="the reference's DDPM steps (tests: fewer)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every training run, e.g. trainer=gpu")
     a = parser.parse_args()
     out, only = a.out.resolve(), a.only.split(",")
@@ -112,7 +119,7 @@ def main() -> None:
         for name, overrides in seed0.items():
             train(out, name, [*overrides, "seed=0"], a.overrides)
     if "judge" in only:
-        judge(out, [out / "multirun" / name / "0" for name in seed0])
+        judge(out, [out / "multirun" / name / "0" for name in seed0], a.judges, a.judge_steps, a.judge_n, a.judge_ddpm)
     if "posthoc" in only:
         for size in a.sizes:
             name = f"posthoc_{size}_s0"
