@@ -7,9 +7,9 @@
 OVERRIDEs go to every training run after the recipe's own: `trainer=gpu` on a CUDA machine (evaluation picks the GPU
 itself). Measured on 2 CPU cores, one job at a time: tiny 1.5 h (6 training runs of ~8 min, the judge 27 min, the
 post-hoc run 13 min); small 6 runs of ~11.6 min and the post-hoc run 15 min plus ~12 min of widths; base 7 runs of
-9-10 min and the post-hoc run 15.5 min plus 24 min of widths. The judge on small and base is still estimated: mostly
-DDPM-1000 at 500 samples (1000 network evaluations of each image; base samples 256 images at 25 steps in ~43 s, so
-about an hour a base run; a tiny run took 5 min).
+9-10 min and the post-hoc run 15.5 min plus 24 min of widths. The judge is mostly DDPM-1000 at 500 samples (1000
+network evaluations of each image, in batches of 256): a tiny run took 5 min, a small one 19-23 min, a base one about
+an hour (1.75 s a step of a batch, cores idle).
 
 - train: per size, diffexp's best recipe (`experiment=digits_best_<size>`) against the course's recipe
   (`experiment=course_recipe`) at the same budget of images seen, over `--seeds`; one evaluation, at the end (5
