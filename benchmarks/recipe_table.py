@@ -88,11 +88,11 @@ def judge(out: Path, runs: list[Path], judges: list[str], steps: list[int], n: i
     if not rows:
         return
     recipes_ = list(dict.fromkeys(r[0] for r in rows))
-    judges = list(dict.fromkeys(r[1] for r in rows))
+    columns = list(dict.fromkeys(r[1] for r in rows))
     fid = {(r[0], r[1]): r[2] for r in rows}
-    lines = ["| recipe | " + " | ".join(judges) + " |", "| --- |" + " --- |" * len(judges)]
+    lines = ["| recipe | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
     for rec in recipes_:
-        lines.append(f"| {rec} | " + " | ".join(f"{fid.get((rec, j), float('nan')):.2f}" for j in judges) + " |")
+        lines.append(f"| {rec} | " + " | ".join(f"{fid.get((rec, j), float('nan')):.2f}" for j in columns) + " |")
     (out / "judge.md").write_text(
         f"FID (digits net, {n} samples, sampling seed 0, against the 360 held-out digits) of seed 0 of each recipe, "
         "per judge (sampler-steps).\n\n" + "\n".join(lines) + "\n"

@@ -216,21 +216,21 @@ def judge(rows: list[dict]) -> list[dict]:
     for r in rows:
         groups.setdefault((r["size"], r["basis"]), []).append(r)
     for members in groups.values():
-        leader = next((r for r in members if r["seeds"] > 1), members[0])
-        leader["reference"] = True
-        others = [r for r in members if r is not leader]
+        ref = next((r for r in members if r["seeds"] > 1), members[0])
+        ref["reference"] = True
+        others = [r for r in members if r is not ref]
         for r in others:
-            d = welch(r["values"], leader["values"])
+            d = welch(r["values"], ref["values"])
             r["vs best"] = str(d)
             r["verdict"] = "untested (1 seed)" if d.lo is None else "tie" if d.tie else "worse"
         verdicts = [r["verdict"] for r in others]
         untested = verdicts.count("untested (1 seed)")
         if not others:
-            leader["verdict"] = "only recipe"
-        elif leader["seeds"] == 1:
-            leader["verdict"] = "best by mean, untested (1 seed)"
+            ref["verdict"] = "only recipe"
+        elif ref["seeds"] == 1:
+            ref["verdict"] = "best by mean, untested (1 seed)"
         else:
-            leader["verdict"] = ("best (tied)" if "tie" in verdicts else "best") + (
+            ref["verdict"] = ("best (tied)" if "tie" in verdicts else "best") + (
                 f"; {untested} one-seed recipe{'s' * (untested > 1)} untested" if untested else ""
             )
     return rows
