@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0  # the CPU build; an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0  # the tested torch; pip takes its index's build (CPU here; README: the CPU build elsewhere)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -86,7 +86,8 @@ def sample(run: str | Path, overrides: Iterable[str] = (), **settings: Any) -> P
 
 
 def evaluate(run: str | Path, overrides: Iterable[str] = (), **settings: Any) -> Path:
-    """Scores a run per sampler and steps like `diffexp-evaluate run=RUN`; returns the Markdown table's path.
+    """Scores a run per sampler and steps like `diffexp-evaluate run=RUN`; returns the CSV table's path (the
+    Markdown table beside it).
 
     Args:
         run: a run folder.

@@ -24,12 +24,12 @@ from omegaconf import DictConfig, ListConfig
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
+from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.experiments import name_experiments, write_experiments
 from diffexp.report.importances import section as importances_section
 from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for, readable
 from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
 from diffexp.report.ranking import (
-    HIGHER_IS_BETTER,
     basis_note,
     best_recipes,
     choose_metric,
@@ -41,7 +41,7 @@ from diffexp.report.ranking import (
     spread,
 )
 from diffexp.report.runs import find_runs, load_run
-from diffexp.run_folder import follow_umask
+from diffexp.run_folder import follow_umask, free_path
 from diffexp.tables import markdown, write_table
 
 COMPUTE = ("images_seen", "train_seconds")
@@ -127,14 +127,6 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     return best
 
 
-def free_folder(path: Path) -> Path:
-    """`path`, or `path-2`, `path-3`... whichever does not exist yet."""
-    candidate, k = path, 2
-    while candidate.exists():
-        candidate, k = path.with_name(f"{path.name}-{k}"), k + 1
-    return candidate
-
-
 def run(cfg: DictConfig) -> Path:
     """Loads the runs, writes the report into a temporary folder and renames it into place, so no report is
     ever half-written or overwritten; prints where the leaderboard is and the best recipe per model size."""
@@ -154,7 +146,7 @@ def run(cfg: DictConfig) -> Path:
         best = build(runs, cfg.metric, cfg.compute, cfg.name, [str(s) for s in sweeps + run_list], tmp)
         follow_umask(tmp)  # mkdtemp made it 700: the modes are set before the rename
         while True:
-            final = free_folder(out)
+            final = free_path(out.parent, out.name, "")
             try:
                 os.rename(tmp, final)
                 break

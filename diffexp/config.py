@@ -5,6 +5,7 @@ from __future__ import annotations
 import netrc
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 
 _UID = secrets.token_hex(3)
 # Run folders this process named through `hydra.run.dir`'s default -> the topmost of them and their parents that did
-# not exist then (None: it existed). Only such a folder may be removed when its run is refused (`diffexp.train`).
+# not exist then (None: it existed). Only such a folder may be removed when its run is refused (`remove_new_folder`).
 NEW_FOLDERS: dict[str, Path | None] = {}
 
 
@@ -24,6 +25,22 @@ def _run_dir(resume: str | None, fresh: str) -> str:
         missing = [p for p in (path, *path.parents) if not p.exists()]
         NEW_FOLDERS[str(path)] = missing[-1] if missing else None
     return folder
+
+
+def remove_new_folder(folder: Path) -> None:
+    """Removes a run folder this process's Hydra created for a refused command, and the parents it created that are
+    left empty, so a mistake leaves nothing to clean up. Kept: a folder that existed before (a user's
+    `hydra.run.dir`, `resume=` of a real folder) and one holding more than Hydra's record and log."""
+    top = NEW_FOLDERS.get(os.path.abspath(folder))
+    if top is None or not folder.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in folder.iterdir()):
+        return
+    shutil.rmtree(folder)
+    while folder != top and top in folder.parents:
+        folder = folder.parent
+        try:
+            folder.rmdir()  # only while empty: a run started beside this one keeps its parents
+        except OSError:
+            return
 
 
 def _record_subdir(output_dir: str, resume: str | None) -> str | None:

@@ -57,8 +57,11 @@ def timestep_at(alphas_cumprod: Tensor, level: float) -> float | None:
     return float(i - 1 + (hi - level) / (hi - lo))
 
 
-def x0_from_output(output: Tensor, x_t: Tensor, alpha: float, sigma: float, prediction_type: str) -> Tensor:
-    """The model's clean-image estimate from its output, for each prediction target."""
+def x0_from_output(
+    output: Tensor, x_t: Tensor, alpha: float | Tensor, sigma: float | Tensor, prediction_type: str
+) -> Tensor:
+    """The model's clean-image estimate from its output, for each prediction target (x_t = alpha x0 + sigma eps;
+    v = alpha eps - sigma x0). Shared by the denoising error and the samplers' trajectory pictures."""
     if prediction_type == "epsilon":
         return (x_t - sigma * output) / alpha
     if prediction_type == "v_prediction":

@@ -31,10 +31,12 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     return float(solve(sigma_rel))
 
 
-def check_sigma_rel(sigma_rel: float) -> None:
-    # 0.2887 is the plain mean of the whole run (gamma 0); wider needs gamma < 0. EDM2 uses 0.01-0.2.
-    if not 0 < sigma_rel <= 0.28:
-        raise ConfigError(f"ema.sigma_rel={sigma_rel}: use a relative width in (0, 0.28], e.g. 0.10, or ema=none")
+def check_sigma_rel(sigma_rel: float, setting: str = "ema.sigma_rel") -> None:
+    """Refuses a width no power-function EMA has: 0.2887 is the plain mean of the whole run (gamma 0) and wider needs
+    gamma < 0; EDM2 uses 0.01-0.2. `setting` names where the width came from, for the message."""
+    if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, int | float) or not 0 < sigma_rel <= 0.28:
+        off = ", or ema=none" if setting == "ema.sigma_rel" else ""
+        raise ConfigError(f"{setting}={sigma_rel}: use relative widths in (0, 0.28], e.g. 0.05 or 0.1{off}")
 
 
 class SwapWeights:

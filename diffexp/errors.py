@@ -27,7 +27,8 @@ def report(
 ) -> Any:
     """Runs an entry point's `run(cfg)`; a ConfigError becomes one line and exit status 2, with no traceback.
 
-    Any failure is first handed to `record_failure`, so the run's folder can say why it failed.
+    Any failure is first handed to `record_failure`, so the run's folder can say why it failed; but not a single
+    run's ConfigError, a refusal before any work: the folder it names (`resume=` a finished run) stays as it was.
 
     Inside a Hydra multirun any failure is logged as one line and the job returns None, so the sweep goes on
     (`sys.exit` in one job would end them all) and an Optuna sweeper records the trial as failed.
@@ -37,7 +38,8 @@ def report(
         return run(cfg)
     except Exception as e:
         line = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".splitlines()[0]
-        if record_failure is not None and not isinstance(e, ForeignFolderError):
+        refused = isinstance(e, ForeignFolderError) or (isinstance(e, ConfigError) and not in_multirun)
+        if record_failure is not None and not refused:
             record_failure(line)
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (in_multirun or isinstance(e, ConfigError)):
             raise

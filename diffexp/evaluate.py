@@ -27,8 +27,8 @@ from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.heldout import Reference, plot_nearest
 from diffexp.metrics import check_sample_count
-from diffexp.run_folder import LoadedRun, load_run
-from diffexp.sample import free_path, pick_device
+from diffexp.run_folder import LoadedRun, free_path, load_run
+from diffexp.sample import pick_device
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
 from diffexp.tables import FIGURE_NAMES, figure_text, kid_note, within_noise, write_table
 
@@ -108,6 +108,11 @@ def flat_row(figures: dict, floor: dict | None = None) -> dict:
     return row
 
 
+def fid_text(figures: dict) -> str:
+    """The FID for a log line; None where FD was refused (fewer images than feature dimensions)."""
+    return "refused" if figures.get("fid") is None else f"{figures['fid']:.3f}"
+
+
 def sample_seeds(unet, scheduler, name: str, steps: int, n: int, cfg: DictConfig, device) -> list[torch.Tensor]:
     """`n` uint8 samples from each of `eval.seeds` seeds (`seed`, `seed + 1`, ...)."""
     images = []
@@ -118,6 +123,8 @@ def sample_seeds(unet, scheduler, name: str, steps: int, n: int, cfg: DictConfig
 
 
 def run(cfg: DictConfig) -> Path:
+    """Scores the run with each sampler and step count (or each EMA width) against the held-out reference, beside
+    the real-data floor; writes RUN/eval/*.csv, .md and pictures (new names each time) and returns the CSV's path."""
     from diffexp.features import load_feature_net
 
     if not cfg.eval.net:
@@ -131,6 +138,8 @@ def run(cfg: DictConfig) -> Path:
     grid = {name: list(cfg.steps) for name in cfg.samplers}
     if cfg.ddpm_steps:
         grid["ddpm"] = list(cfg.ddpm_steps)
+    if not grid:
+        raise ConfigError("samplers=[] and ddpm_steps=[]: nothing to evaluate; name a sampler, e.g. samplers=[ddim]")
     for name, steps in grid.items():
         if name not in SCHEDULERS:
             raise ConfigError(f"samplers: {name!r} is not a sampler; use some of {sorted(SCHEDULERS)}")
@@ -142,7 +151,7 @@ def run(cfg: DictConfig) -> Path:
     unet = loaded.unet.to(device)
     net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
     net = net.to(device)
-    check_sample_count(n, net.num_features, cfg.eval.net)
+    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
     too_many = [(s, k) for s, ks in grid.items() for k in ks if k > loaded.scheduler.config.num_train_timesteps]
     if too_many:
         raise ConfigError(
@@ -162,7 +171,7 @@ def run(cfg: DictConfig) -> Path:
             pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
             row = {"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor)}
             rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
-            log.info("%s-%d: fid %.3f %s", name, steps, figures["fid"], figures["fid_ci"])
+            log.info("%s-%d: fid %s %s", name, steps, fid_text(figures), figures["fid_ci"])
     stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}" + (f"-x{cfg.eval.seeds}" if cfg.eval.seeds > 1 else "")
     path = free_path(Path(cfg.run) / "eval", stem, ".csv")
     write_table(rows, COLUMNS, path, MD_COLUMNS)
@@ -187,12 +196,13 @@ def run(cfg: DictConfig) -> Path:
 def evaluate_widths(cfg: DictConfig) -> Path:
     """Each of `ema_sigma_rel`, reconstructed from a post-hoc run's snapshots at its final step, scored with the
     run's evaluation sampler against the held-out images; a table, a plot against the width, a JSON record."""
+    from diffexp.ema import check_sigma_rel
     from diffexp.features import load_feature_net
-    from diffexp.posthoc import check_sigma_rel_setting, list_snapshots, load_width
+    from diffexp.posthoc import list_snapshots, load_width
 
     widths = [cfg.ema_sigma_rel] if isinstance(cfg.ema_sigma_rel, int | float | str) else list(cfg.ema_sigma_rel)
     for w in widths:
-        check_sigma_rel_setting(w, "ema_sigma_rel")
+        check_sigma_rel(w, "ema_sigma_rel")
     run_dir = Path(cfg.run).expanduser()
     if not list_snapshots(run_dir / "ema"):
         raise ConfigError(
@@ -208,7 +218,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     n = cfg.n or cfg.eval.n_samples
     net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
     net = net.to(device)
-    check_sample_count(n, net.num_features, cfg.eval.net)
+    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
     reference = reference_for(loaded, net, cfg)
     floor = reference.floor(n)
     rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
@@ -222,7 +232,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         pictures.append((figures["memorised"], float(w), nearest))
         seconds = round(time.perf_counter() - start, 2)
         rows.append({"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor), "seconds": seconds})
-        log.info("ema_sigma_rel %g: fid %.3f %s", w, figures["fid"], figures["fid_ci"])
+        log.info("ema_sigma_rel %g: fid %s %s", w, fid_text(figures), figures["fid_ci"])
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
     path = free_path(run_dir / "eval", stem, ".csv")

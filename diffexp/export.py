@@ -138,9 +138,9 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"license={cfg.license}: give a Hub license id (e.g. mit, apache-2.0, cc-by-4.0, other)")
     width = cfg.get("ema_sigma_rel")
     if width is not None:
-        from diffexp.posthoc import check_sigma_rel_setting
+        from diffexp.ema import check_sigma_rel
 
-        check_sigma_rel_setting(width, "ema_sigma_rel")
+        check_sigma_rel(width, "ema_sigma_rel")
         if weights == "best":
             raise ConfigError("weights=best with ema_sigma_rel: a reconstructed width is of the final step; drop one")
     standalone = (folder / "model_index.json").exists()  # run= names a pipeline folder (RUN/pipeline, or any)

@@ -119,20 +119,21 @@ class Reference:
         """FID, KID, precision and recall of `n` training images against the reference (what a model that draws
         real images would score at that sample count); computed once per count and cached beside the features."""
         n = min(n, len(self.train_feats))
-        if n in self.floors:
-            return self.floors[n]
+        key = f"{n}-kid{self.kid_subset_size}"  # KID's figure depends on its subset size too
+        if key in self.floors:
+            return self.floors[key]
         sidecar = self.cache.with_suffix(".floor.json")
         saved = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-        if str(n) not in saved:
+        if key not in saved:
             train = self.train_feats[:n]
             p, r = precision_recall(self.real, train)
             fd = self.fd_refusal(n) is None
             figures = {"fid": fid(self.real, train) if fd else None}
             figures["kid"] = kid(self.real, train, self.kid_subset_size)[0]
-            saved[str(n)] = figures | {"precision": p, "recall": r, "n": n}
+            saved[key] = figures | {"precision": p, "recall": r, "n": n}
             _atomic_json(sidecar, saved)
-        self.floors[n] = saved[str(n)]
-        return self.floors[n]
+        self.floors[key] = saved[key]
+        return self.floors[key]
 
     def fd_refusal(self, n: int) -> str | None:
         """Why FD is refused at `n` samples (eval=dinov2 below its feature width; the digits and Inception nets

@@ -19,11 +19,21 @@ from diffexp.errors import ConfigError
 from diffexp.stats import mean_interval
 
 REFERENCE_SEED = 0
+# Each figure a run records (and the report ranks by): whether higher is better.
+HIGHER_IS_BETTER = {
+    "fid": False,
+    "kid": False,
+    "precision": True,
+    "recall": True,
+    "top_prob": True,  # the digits net's mean top-class probability of the samples
+    "denoise": False,  # the held-out denoising error (diffexp/denoise.py): any data; compared within one target
+    "final_loss": False,
+}
 BOOTSTRAP = 200  # resamples behind each bootstrap interval
 MEMORISED_FACTOR = 0.5  # a sample is a copy when nearer a training image than this share of held-out images' median
 
 
-def check_sample_count(n: int, num_features: int, net: str = "") -> None:
+def check_sample_count(n: int, num_features: int, net: str = "", setting: str = "eval.n_samples") -> None:
     """Fails fast, before any sampling, when `eval.n_samples` is too small for a meaningful FID.
 
     With fewer samples than feature dimensions the covariance is rank-deficient and FID is dominated by
@@ -33,12 +43,13 @@ def check_sample_count(n: int, num_features: int, net: str = "") -> None:
         n: samples per evaluation (`eval.n_samples`).
         num_features: the feature net's dimension.
         net: the feature net's name, for the message.
+        setting: the setting that gave `n` (`diffexp-evaluate`'s `n=` takes precedence over `eval.n_samples`).
     """
     if n < max(2, num_features):
         which = f"eval={net}" if net else "the feature net"
         raise ConfigError(
-            f"eval.n_samples={n} is below {max(2, num_features)}, the feature dimension of {which}: "
-            f"a FID over fewer samples is biased; set eval.n_samples>={max(2, num_features)}"
+            f"{setting}={n} is below {max(2, num_features)}, the feature dimension of {which}: "
+            f"a FID over fewer samples is biased; set {setting}>={max(2, num_features)}"
         )
 
 

@@ -40,7 +40,7 @@ def check_posthoc(ema) -> None:
         raise ConfigError(f"ema.sigma_rels={widths}: track at least two distinct widths, e.g. [0.05,0.10] (EDM2's)")
     for setting, values in (("ema.sigma_rels", widths), ("ema.eval_sigma_rel", ema.eval_sigma_rel)):
         for w in values:
-            check_sigma_rel_setting(w, setting)
+            check_sigma_rel(w, setting)
     check_sigma_rel(ema.sigma_rel)
     if not ema.eval_sigma_rel:
         raise ConfigError("ema.eval_sigma_rel=[]: give the widths in-training evaluation chooses from, e.g. [0.05,0.1]")
@@ -226,7 +226,7 @@ def profiles_of(folder: Path) -> list[float]:
 def width_weights(run_dir: Path, sigma_rel: float, setting: str = "ema_sigma_rel") -> tuple[dict, int, int]:
     """The run's average of width `sigma_rel` at its last snapshot (the final step of a finished run): the
     parameters by name, that step, and the number of snapshot files used."""
-    check_sigma_rel_setting(sigma_rel, setting)
+    check_sigma_rel(sigma_rel, setting)
     folder = Path(run_dir) / "ema"
     snapshots = list_snapshots(folder)
     if not snapshots:
@@ -237,11 +237,6 @@ def width_weights(run_dir: Path, sigma_rel: float, setting: str = "ema_sigma_rel
     step = snapshots[-1][0]
     weights = reconstruct(snapshots, profiles_of(folder), [sigma_rel], step)[float(sigma_rel)]
     return weights, step, len(snapshots)
-
-
-def check_sigma_rel_setting(sigma_rel: float, setting: str) -> None:
-    if not isinstance(sigma_rel, int | float) or not 0 < sigma_rel <= 0.28:
-        raise ConfigError(f"{setting}={sigma_rel}: use relative widths in (0, 0.28], e.g. 0.05 or 0.1")
 
 
 def load_width(unet: torch.nn.Module, run_dir: Path, sigma_rel: float, setting: str = "ema_sigma_rel") -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import hydra
@@ -16,7 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diffexp.config import CONF_DIR
+from diffexp.config import CONF_DIR, remove_new_folder
 from diffexp.errors import ConfigError, report
 from diffexp.run_folder import atomic_write_text, check_current_keys, provenance, read_losses, read_metrics
 
@@ -50,7 +51,21 @@ def compare(original: Path, new: Path) -> dict:
     }
 
 
+def record_recipe(original: Path, new: Path, recipe: DictConfig) -> None:
+    """The new folder's `.hydra/` as a `diffexp-train` run's: the recipe it trains and the original's choices and
+    overrides, so the reproduction can itself be resumed, reproduced and compared with its original."""
+    (new / ".hydra").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(new / ".hydra" / "config.yaml", OmegaConf.to_yaml(recipe))
+    if (original / ".hydra" / "overrides.yaml").exists():
+        shutil.copyfile(original / ".hydra" / "overrides.yaml", new / ".hydra" / "overrides.yaml")
+    if (original / ".hydra" / "hydra.yaml").exists():
+        record = OmegaConf.load(original / ".hydra" / "hydra.yaml")
+        record.hydra.runtime.output_dir = str(new)
+        atomic_write_text(new / ".hydra" / "hydra.yaml", OmegaConf.to_yaml(record))
+
+
 def run(cfg: DictConfig) -> dict:
+    """Trains the saved recipe of `cfg.run` into a new folder and compares it with the original, bit for bit."""
     from diffexp.train import run as train
 
     original = Path(cfg.run).expanduser()
@@ -87,6 +102,7 @@ def run(cfg: DictConfig) -> dict:
         log.warning("differs from the original run: %s", w)
 
     new = Path(HydraConfig.get().runtime.output_dir)
+    record_recipe(original, new, recipe)
     train(recipe, choices={k: v for k, v in (choices or {}).items() if not k.startswith("hydra")}, stop=stop)
     result = compare(original, new) | {"original": str(original), "reproduction": str(new), "differences": warnings}
     atomic_write_text(new / "reproduce.json", json.dumps(result, indent=2) + "\n")
@@ -105,7 +121,16 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="reproduce")
 def main(cfg: DictConfig) -> None:
-    report(run, cfg)
+    report(run_or_tidy, cfg)
+
+
+def run_or_tidy(cfg: DictConfig) -> dict:
+    """`run`, but a refused reproduction removes the folder Hydra created for it."""
+    try:
+        return run(cfg)
+    except ConfigError:
+        remove_new_folder(Path(HydraConfig.get().runtime.output_dir))
+        raise
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ def rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0") or 0))
 
 
+def free_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
+    """`folder/stem.png`, or `stem-2.png`, `stem-3.png`... whichever does not exist yet: nothing written is
+    overwritten (a suffix of "" names a folder)."""
+    path, k = folder / f"{stem}{suffix}", 2
+    while path.exists():
+        path, k = folder / f"{stem}-{k}{suffix}", k + 1
+    return path
+
+
 def holds_run(folder: Path) -> bool:
     """Whether a run already wrote here (beyond Hydra's own record of the new job)."""
     return any((folder / name).exists() for name in ("checkpoints", "metrics.json", "pipeline"))
@@ -116,6 +125,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
 
 
 def read_metrics(folder: Path) -> dict[str, Any]:
+    """A run's `metrics.json` (empty where the run has none yet: refused, or killed before it started)."""
     path = Path(folder) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -254,12 +264,24 @@ def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     return record["objective"]
 
 
-def saved_recipe(run_dir: Path, cfg: DictConfig) -> DictConfig:
-    """The recipe of the run being resumed, from its own `.hydra/config.yaml`."""
+RESUME_SETTINGS = ("resume", "verbose")  # what `resume=DIR` may be given besides; the recipe is the saved one
+
+
+def saved_recipe(run_dir: Path, cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
+    """The recipe of the run being resumed, from its own `.hydra/config.yaml`; `overrides` (the command's) may only
+    be `RESUME_SETTINGS` or Hydra's own: any other would be silently dropped, so it is refused."""
     saved = run_dir / ".hydra" / "config.yaml"
     if not holds_run(run_dir) or not saved.exists():
         raise ConfigError(f"resume={cfg.resume} is not a diffexp run folder (no .hydra/config.yaml or checkpoints/)")
     old = OmegaConf.load(saved)
     check_current_keys(old, f"resume={cfg.resume}")
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    other = [k for k in keys if k not in RESUME_SETTINGS and not k.startswith("hydra")]
+    if other:
+        raise ConfigError(
+            f"resume={cfg.resume} with {', '.join(other)}: a resumed run trains its saved recipe to its end; drop "
+            "them, or start a new run with them"
+        )
     old.resume = cfg.resume
+    old.verbose = cfg.get("verbose", False)
     return old

@@ -16,21 +16,14 @@ from omegaconf import DictConfig
 from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import load_run, read_metrics
+from diffexp.run_folder import free_path, load_run, read_metrics
 from diffexp.samplers import describe, save_grid, seeded_noise
 
 log = logging.getLogger("diffexp.sample")
 
 
-def free_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
-    """`folder/stem.png`, or `stem-2.png`, `stem-3.png`... whichever does not exist yet."""
-    path, k = folder / f"{stem}{suffix}", 2
-    while path.exists():
-        path, k = folder / f"{stem}-{k}{suffix}", k + 1
-    return path
-
-
 def pick_device(device: str) -> torch.device:
+    """`auto`: the GPU where there is one; a named CUDA device that is missing is refused, not run on the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -39,6 +32,7 @@ def pick_device(device: str) -> torch.device:
 
 
 def run(cfg: DictConfig) -> Path:
+    """A grid of `n` samples of the run into RUN/samples/ (a new file each time); same seed, same images."""
     if cfg.n < 2:
         raise ConfigError(f"n={cfg.n}: a grid needs at least 2 images; use n=2 or more")
     sampler = instantiate(cfg.sampler)

@@ -23,6 +23,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
+from diffexp.denoise import x0_from_output
 from diffexp.errors import ConfigError
 
 # Pixel-space images live in [-1, 1]: DDPM and DDIM clip their x_0 estimate to it (clip_sample), DPM-Solver++ and
@@ -109,12 +110,7 @@ def predicted_x0(scheduler: SchedulerMixin, model_output: torch.Tensor, t, x_t: 
     """x0 from the model output and the schedule's alphas, for schedulers whose step returns none (DPM-Solver++,
     UniPC): epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a); v: sqrt(a) x_t - sqrt(1 - a) v; sample: the output."""
     a = scheduler.alphas_cumprod.to(x_t.device)[int(t)].to(x_t.dtype)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return (x_t - (1 - a).sqrt() * model_output) / a.sqrt()
-    if kind == "v_prediction":
-        return a.sqrt() * x_t - (1 - a).sqrt() * model_output
-    return model_output
+    return x0_from_output(model_output, x_t, a.sqrt(), (1 - a).sqrt(), scheduler.config.prediction_type)
 
 
 class Sampler:

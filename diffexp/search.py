@@ -20,9 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
+
+if TYPE_CHECKING:  # optuna is imported where it is used: a plain training run never needs it
+    import optuna
 
 log = logging.getLogger("diffexp.search")
 HEARTBEAT = "diffexp:heartbeat"
@@ -35,7 +38,7 @@ def local_file(spec: str) -> Path | None:
     return None if "://" in spec else Path(spec)
 
 
-def make_storage(spec: str):
+def make_storage(spec: str) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL (RDB storage) or a file path (journal file storage)."""
     import optuna
 
@@ -64,7 +67,13 @@ def _creation_lock(spec: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def open_study(spec: str, name: str, direction: str, sampler=None, pruner_cfg: dict | None = None):
+def open_study(
+    spec: str,
+    name: str,
+    direction: str,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner_cfg: dict | None = None,
+) -> optuna.Study:
     """Creates the study or loads it, race-free: a file lock for local storage; for a database server, another
     machine's worker may create the tables or the study at the same moment (PostgreSQL then raises): load again."""
     import optuna
@@ -90,7 +99,7 @@ def open_study(spec: str, name: str, direction: str, sampler=None, pruner_cfg: d
     return study
 
 
-def pruner_of(storage, study_id: int):
+def pruner_of(storage: optuna.storages.BaseStorage, study_id: int) -> optuna.pruners.BasePruner:
     """The pruner the sweep file chose, as the study records it; none if the study has none."""
     import optuna
     from hydra.utils import instantiate

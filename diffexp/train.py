@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -25,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
-from diffexp.config import CONF_DIR, NEW_FOLDERS, flatten, instantiate
+from diffexp.config import CONF_DIR, flatten, instantiate, remove_new_folder
 from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule, check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
+from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.plots import plot_losses, plot_noising
 from diffexp.posthoc import Snapshots, check_posthoc
 from diffexp.run_folder import (
@@ -51,11 +51,11 @@ from diffexp.search import trial_keys
 from diffexp.terminal import RunProgress, drop_anonymous, quiet, wandb_settings
 
 log = logging.getLogger("diffexp.train")
-HIGHER_IS_BETTER = {"precision", "recall", "top_prob"}
 MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classifier feature nets (digits) only
 
 
 def on_gpu(cfg: DictConfig) -> bool:
+    """Whether this run trains on a GPU, which decides the `speed.*` switches set to `auto`."""
     return cfg.trainer.accelerator in ("gpu", "cuda") or (
         cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
     )
@@ -69,6 +69,18 @@ def speed(cfg: DictConfig, name: str) -> bool:
     return on_gpu(cfg) if value == "auto" else bool(value)
 
 
+# Settings with a least value (a None is their own "off" or "default"): key, least, the fix the refusal suggests.
+RANGES = (
+    ("budget.images", 1, "a positive number of images (e.g. 96000), or null to train trainer.max_steps"),
+    ("threads", 1, "a positive number of torch threads, or null for every core this process may use"),
+    ("checkpoint.every_n_steps", 1, "a positive number of steps (e.g. 250)"),
+    ("preview.every_n_steps", 0, "a positive number of steps, or 0 for the final grid only"),
+    ("eval.every_n_steps", 0, "a positive number of steps, or 0 to evaluate at the end only"),
+    ("eval.every_n_images", 1, "a positive number of images (e.g. 24000), or null"),
+    ("optim.optimizer.weight_decay", 0, "0 or a positive weight decay (e.g. 0.01)"),
+)
+
+
 def check(cfg: DictConfig) -> None:
     """Cross-field checks that need no building: each bad value gets one line before any work starts."""
     lr = cfg.optim.optimizer.lr
@@ -76,15 +88,24 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be > 0 (e.g. 1e-3)")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: train at least 1 step")
+    for key, least, fix in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{key}={value}: use {fix}")
+    optimizer = cfg.optim.optimizer
+    if "betas" in optimizer and not all(0 <= b < 1 for b in optimizer.betas):
+        raise ConfigError(f"optim.optimizer.betas={list(optimizer.betas)}: each in [0, 1), e.g. [0.9, 0.999]")
     monitors = MONITORS if cfg.eval.net == "digits" else MONITORS - {"top_prob"}
+    if not cfg.eval.net and cfg.eval.monitor is not None:
+        raise ConfigError(
+            f"eval.monitor={cfg.eval.monitor} with no eval net: nothing is scored; use eval=digits (or another eval "
+            "net), or eval.monitor=null"
+        )
     if cfg.eval.net and cfg.eval.monitor is not None and cfg.eval.monitor not in monitors:
         raise ConfigError(
             f"eval.monitor={cfg.eval.monitor}: the best checkpoint is chosen by one of {sorted(monitors)} (or null)"
         )
     check_lr_schedule(cfg.optim.warmup, cfg.optim.decay)
-    every = cfg.eval.get("every_n_images")
-    if every is not None and every < 1:
-        raise ConfigError(f"eval.every_n_images={every}: use a positive number of images (e.g. 24000) or null")
     keys = trial_keys(cfg)
     if keys and not (keys.storage and keys.study):
         raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the sweeper sets all three")
@@ -142,7 +163,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     run_dir = Path(hydra_cfg.runtime.output_dir)
     resuming = bool(cfg.resume)
     if resuming:
-        cfg = saved_recipe(run_dir, cfg)
+        cfg = saved_recipe(run_dir, cfg, list(hydra_cfg.overrides.task))
     elif hydra_cfg.mode == RunMode.MULTIRUN and holds_run(run_dir):
         # The same sweep command again: skip finished jobs, resume unfinished ones from their last checkpoint.
         done = earlier_job(run_dir, list(hydra_cfg.overrides.task))
@@ -242,7 +263,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
         "train_seconds": round(time.perf_counter() - start + record.get("train_seconds", 0), 2),
     }
     if evaluate is not None and evaluate.history:
-        monitor, sign = cfg.eval.monitor, (-1 if cfg.eval.monitor in HIGHER_IS_BETTER else 1)
+        monitor, sign = cfg.eval.monitor, (-1 if HIGHER_IS_BETTER.get(cfg.eval.monitor) else 1)
         best = min(evaluate.history, key=lambda h: sign * h[monitor]) if monitor else None
         summary |= {"eval": evaluate.history[-1], "eval_best": best, "eval_history": evaluate.history}
     monitored = "eval" in summary and cfg.eval.monitor
@@ -329,7 +350,7 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         seeds=cfg.eval.seeds,
         nearest=run_dir / "plots" / "nearest.png" if rank() == 0 else None,
         monitor=cfg.eval.monitor or "fid",
-        higher_is_better=cfg.eval.monitor in HIGHER_IS_BETTER,
+        higher_is_better=HIGHER_IS_BETTER.get(cfg.eval.monitor, False),
         every_n_images=cfg.eval.get("every_n_images"),
         batch_size=cfg.data.batch_size,
         denoise_images=images,
@@ -373,7 +394,7 @@ def train_callbacks(
                     dirpath=checkpoints,
                     filename="best",
                     monitor=f"eval/{cfg.eval.monitor}",
-                    mode="max" if cfg.eval.monitor in HIGHER_IS_BETTER else "min",
+                    mode="max" if HIGHER_IS_BETTER.get(cfg.eval.monitor) else "min",
                     save_top_k=1,
                     auto_insert_metric_name=False,
                     enable_version_counter=False,
@@ -428,7 +449,7 @@ def _logger(cfg: DictConfig, run_dir: Path, choices: dict, wandb_id: str | None,
 def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
     """A failed run says why in its metrics.json, and its W&B run is marked failed.
 
-    A single run refused before any work keeps its folder as Hydra left it; a sweep job always records.
+    A single run refused before any work is not recorded (`errors.report`); a sweep job always records.
     """
     if rank() == 0 and (multirun or (run_dir / "metrics.json").exists()):
         update_metrics(run_dir, status="failed", reason=reason)
@@ -439,28 +460,14 @@ def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
 
 
 def run_or_tidy(cfg: DictConfig) -> float | None:
-    """`run`, but a run refused before training removes the folder Hydra created for it (and the parents it created
-    that are left empty), so a mistake leaves nothing to clean up. Kept: a sweep job's folder (it records why), a
-    folder that existed (a user's `hydra.run.dir`, `resume=` of a real folder), one holding more than Hydra's record."""
+    """`run`, but a run refused before training removes the folder Hydra created for it (`remove_new_folder`); a
+    sweep job's folder is kept: it records why."""
     try:
         return run(cfg)
     except ConfigError as e:
         if not isinstance(e, ForeignFolderError) and rank() == 0:
-            _remove_new_folder(Path(HydraConfig.get().runtime.output_dir))
+            remove_new_folder(Path(HydraConfig.get().runtime.output_dir))
         raise
-
-
-def _remove_new_folder(folder: Path) -> None:
-    top = NEW_FOLDERS.get(os.path.abspath(folder))
-    if top is None or not folder.is_dir() or {p.name for p in folder.iterdir()} - {".hydra", "train.log"}:
-        return
-    shutil.rmtree(folder)
-    while folder != top and top in folder.parents:
-        folder = folder.parent
-        try:
-            folder.rmdir()  # only while empty: a run started beside this one keeps its parents
-        except OSError:
-            return
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

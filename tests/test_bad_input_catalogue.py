@@ -54,6 +54,14 @@ CASES = {
     ),
     "snr_gamma_negative": ("train", ["loss.snr_gamma=-1"], "loss.snr_gamma"),
     "zero_steps": ("train", ["trainer.max_steps=0"], "trainer.max_steps"),
+    "budget_negative": ("train", ["budget.images=-100"], "budget.images"),
+    "budget_zero": ("train", ["budget.images=0"], "budget.images"),
+    "threads_negative": ("train", ["threads=-1"], "threads"),
+    "checkpoint_every_negative": ("train", ["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps"),
+    "preview_every_negative": ("train", ["preview.every_n_steps=-5"], "preview.every_n_steps"),
+    "weight_decay_negative": ("train", ["optim.optimizer.weight_decay=-1"], "optim.optimizer.weight_decay"),
+    "adam_beta_above_one": ("train", ["optim.optimizer.betas=[1.5,0.9]"], "optim.optimizer.betas"),
+    "monitor_without_an_eval_net": ("train", ["eval=none", "eval.monitor=fid"], "eval.monitor=fid"),
     "unknown_prediction_type": ("train", ["schedule.prediction_type=x0"], "schedule.prediction_type"),
     "unknown_beta_schedule": ("train", ["schedule.beta_schedule=quadratic"], "schedule.beta_schedule"),
     "beta_start_above_end": ("train", ["schedule.beta_start=0.1", "schedule.beta_end=0.01"], "schedule.beta_start"),
@@ -80,6 +88,8 @@ CASES = {
     ),
     "evaluate_without_metric": ("evaluate", ["run={run}", "eval=none"], "eval=none"),
     "evaluate_too_few_samples": ("evaluate", ["run={run}", "n=8", "eval.net=digits"], "eval"),
+    "evaluate_too_few_samples_by_n": ("evaluate", ["run={run}", "n=8", "eval=digits"], "n=8"),
+    "evaluate_nothing_to_sample": ("evaluate", ["run={run}", "samplers=[]", "ddpm_steps=[]"], "samplers=[]"),
     "evaluate_unknown_sampler": ("evaluate", ["run={run}", "samplers=[heun]"], "samplers"),
     "evaluate_width_too_wide": ("evaluate", ["run={run}", "ema_sigma_rel=[0.05,0.3]"], "ema_sigma_rel"),
     "evaluate_width_without_snapshots": ("evaluate", ["run={run}", "ema_sigma_rel=[0.1]"], "ema_sigma_rel"),
@@ -114,12 +124,11 @@ def test_the_catalogue_has_at_least_25_cases_across_commands():
     assert len(CASES) >= 25 and {c for c, _, _ in CASES.values()} >= {"train", "sample", "evaluate", "export"}
 
 
-def train_command(args: list[str], cwd: Path, monkeypatch, capsys) -> str:
-    """`diffexp-train ARGS` run in `cwd` through the console script's function; returns its last stderr line."""
-    from diffexp.train import main
-
+def train_command(args: list[str], cwd: Path, monkeypatch, capsys, command: str = "train") -> str:
+    """`diffexp-COMMAND ARGS` run in `cwd` through the console script's function; returns its last stderr line."""
+    main = importlib.import_module(f"diffexp.{command}").main
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["diffexp-train", *args])
+    monkeypatch.setattr(sys, "argv", [f"diffexp-{command}", *args])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
@@ -156,3 +165,23 @@ def test_a_folder_the_user_named_is_kept(tmp_path, monkeypatch, capsys):
     assert "optim.optimizer.lr" in message
     assert {p.name for p in (tmp_path / "named").iterdir()} <= {".hydra", "train.log"}
     assert (tmp_path / "named" / "train.log").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "reproduce"])
+def test_a_refused_export_or_reproduce_leaves_no_folder(command, tmp_path, monkeypatch, capsys):
+    """Hydra makes these commands' run folder before they run: a refusal takes it away again (reproduce's new
+    outputs/ folder), or there is none to make (export logs to the terminal only, not under a mistyped run=)."""
+    typo = tmp_path / "typo" / "run"
+    (tmp_path / "cwd").mkdir()
+    message = train_command([f"run={typo}"], tmp_path / "cwd", monkeypatch, capsys, command=command)
+    assert "run=" in message
+    assert not (tmp_path / "typo").exists() and list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_resume_refuses_a_setting_it_would_drop(places, tmp_path, monkeypatch, capsys):
+    """`resume=DIR` trains the saved recipe: a longer run asked for alongside is refused, not silently ignored."""
+    run = Path(places["run"])
+    before = {k: v for k, v in snapshot(run).items() if not k.endswith("train.log")}  # Hydra logs the attempt
+    message = train_command([f"resume={run}", "trainer.max_steps=9", "verbose=true"], tmp_path, monkeypatch, capsys)
+    assert message.startswith(f"resume={run} with trainer.max_steps:"), message
+    assert {k: v for k, v in snapshot(run).items() if not k.endswith("train.log")} == before

@@ -307,6 +307,20 @@ def test_a_lucky_single_run_is_not_the_reference_the_recipes_with_seeds_are_judg
     assert exported.optim.optimizer.lr == 1e-3
 
 
+def test_runs_that_differ_only_in_what_they_show_or_keep_pool_as_one_recipe(tmp_path):
+    runs = [crafted(tmp_path / f"run-{k}", 1e-3, k, 5.0 + k / 10) for k in range(3)]
+    shows = {"verbose": True, "checkpoint.keep_best": True, "preview.every_n_steps": 0}
+    for (key, value), folder in zip(shows.items(), runs, strict=True):
+        record = folder / ".hydra"
+        saved = OmegaConf.load(record / "config.yaml")
+        OmegaConf.update(saved, key, value)
+        OmegaConf.save(saved, record / "config.yaml")
+        OmegaConf.save([*OmegaConf.load(record / "overrides.yaml"), f"{key}={value}"], record / "overrides.yaml")
+    out = compare(compose_app("compare", [f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'r'}"]))
+    (recipe,) = rows(out / "recipes.csv")
+    assert recipe["seeds"] == "3" and recipe["recipe"] == "(the shared settings)", recipe
+
+
 def test_two_clear_seeds_each_make_a_best_without_ties(tmp_path):
     runs = [crafted(tmp_path / f"{lr}-{k}", lr, k, f) for lr, v in {1e-3: [5.0, 5.2], 2e-3: [9.0, 9.1]}.items()
             for k, f in enumerate(v)]  # fmt: skip

@@ -223,8 +223,15 @@ OVERLAY_OPTIONS = [(g, o) for g in OVERLAYS for o in options(g)]
 
 
 @pytest.mark.parametrize(("group", "option"), OVERLAY_OPTIONS, ids=[f"{g}={o}" for g, o in OVERLAY_OPTIONS])
-def test_recipe_overlay_composes(group, option, tmp_path):
+def test_recipe_overlay_composes_and_passes_every_check(group, option, tmp_path):
+    """Each shipped experiment and sweep file is a recipe `diffexp-train` accepts: every key typed as the schema
+    says and every cross-field check passed (`train.check` raises ConfigError on what cannot train)."""
+    from diffexp.schema import validate
+    from diffexp.train import check
+
     cfg = compose(tmp_path, f"{group}={option}")
+    validate(cfg)
+    check(cfg)
     assert cfg.model.in_channels == cfg.data.channels and cfg.model.sample_size == cfg.data.resolution
 
 

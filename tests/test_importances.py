@@ -46,3 +46,11 @@ def test_too_few_trials_for_importances_is_said_in_one_line(tmp_path):
     assert "\nStudy `search`: 3 finished trials; importances need at least 8.\n" in text
     assert not list(tmp_path.glob("importances*"))
     assert section([str(tmp_path / "multirun")], tmp_path) == ""  # no study: no section
+
+
+def test_a_study_after_one_too_small_is_written_without_a_suffix(tmp_path):
+    small, big = sweep_with_study(tmp_path / "a", 3), sweep_with_study(tmp_path / "b", 8)
+    text = section([str(small), str(big)], tmp_path)
+    assert "3 finished trials; importances need at least 8" in text
+    assert (tmp_path / "importances.csv").exists() and not list(tmp_path.glob("importances-*"))
+    assert "![importances](importances.png)" in text

@@ -267,11 +267,14 @@ def test_reference_is_the_heldout_images_cached_with_the_floor(net, split, tmp_p
     assert floor["fid"] == pytest.approx(fid(ref.real, net.features(train[reference_indices(1437, 256)])))
     (sidecar,) = tmp_path.glob("*.floor.json")
     saved = json.loads(sidecar.read_text())
-    saved["256"]["fid"] = -1.0  # cached: a fresh Reference reads the floor instead of computing it
+    saved["256-kid100"]["fid"] = -1.0  # cached: a fresh Reference reads the floor instead of computing it
     sidecar.write_text(json.dumps(saved))
     fresh = Reference.build(train, held, net, "digits", tmp_path, reference_size=100)
     assert part.cache != ref.cache and fresh.floor(256)["fid"] != -1.0  # another reference set, another floor
     assert Reference.build(train, held, net, "digits", tmp_path).floor(256)["fid"] == -1.0
+    # KID's subset size changes the floor's KID: another subset size is computed, not read from the cache
+    other = Reference.build(train, held, net, "digits", tmp_path, kid_subset_size=50).floor(256)
+    assert other["fid"] != -1.0 and set(json.loads(sidecar.read_text())) == {"256-kid100", "256-kid50"}
     print(f"floor at 256 samples vs 360 held-out digits: {floor}")
 
 

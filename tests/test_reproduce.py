@@ -29,6 +29,15 @@ def test_reproduce_matches_bit_for_bit_from_the_saved_config(tiny_cfg, tmp_path)
     b = torch.load(tmp_path / "again/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # The reproduction's .hydra/ holds the recipe it trained (not the reproduce command's own config), so it is a
+    # run like any other: compared as the same recipe, and reproducible in turn.
+    again = tmp_path / "again"
+    assert OmegaConf.load(again / ".hydra" / "config.yaml") == saved
+    assert OmegaConf.load(again / ".hydra" / "overrides.yaml") == OmegaConf.load(original / ".hydra" / "overrides.yaml")
+    choices = OmegaConf.load(again / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    assert choices == OmegaConf.load(original / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    assert reproduce(compose_train([f"run={again}"], tmp_path / "third", name="reproduce"))["matched"]
+
 
 def test_reproduce_reports_the_size_of_a_difference(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.max_steps=3"))

@@ -71,7 +71,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
 def section(sweeps: list[str], folder: Path) -> str:
     """The report's importances section (Markdown) for each sweep folder holding a study; writes
     `importances.csv` and `importances.png` (a `-2`, `-3` suffix for further studies) into the report `folder`."""
-    parts = []
+    parts, written = [], 0
     for s in sweeps:
         found = find_study(Path(s).expanduser())
         if found is None:
@@ -85,7 +85,8 @@ def section(sweeps: list[str], folder: Path) -> str:
         if not rows:
             parts.append(f"Study `{name}`: {complete} finished trials; importances need at least {MIN_TRIALS}.\n")
             continue
-        suffix = f"-{len(parts) + 1}" if parts else ""
+        written += 1
+        suffix = f"-{written}" if written > 1 else ""  # counts written studies, not notes on the others
         write_table(rows, ["parameter", "importance"], folder / f"importances{suffix}.csv")
         plot(rows, f"{name}: {complete} finished trials", folder / f"importances{suffix}.png")
         parts.append(

@@ -7,7 +7,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from diffexp.report.ranking import HIGHER_IS_BETTER, pareto_front, size_order
+from diffexp.metrics import HIGHER_IS_BETTER
+from diffexp.report.ranking import pareto_front, size_order
 from diffexp.run_folder import read_losses
 
 

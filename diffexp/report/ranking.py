@@ -5,18 +5,10 @@ from __future__ import annotations
 import math
 import statistics
 
-from diffexp.report.runs import NOT_RECIPE, natural_key
+from diffexp.metrics import HIGHER_IS_BETTER
+from diffexp.report.runs import natural_key, recipe_setting
 from diffexp.stats import mean_interval, welch
 
-HIGHER_IS_BETTER = {
-    "fid": False,
-    "kid": False,
-    "precision": True,
-    "recall": True,
-    "top_prob": True,  # the digits net's mean top-class probability of the samples
-    "denoise": False,  # the held-out denoising error (diffexp/denoise.py): any data; compared within one target
-    "final_loss": False,
-}
 STATUS_ORDER = {"finished": 0, "running": 1, "pruned": 2, "failed": 3}
 
 
@@ -153,7 +145,7 @@ def label_recipes(runs: list[dict]) -> list[dict]:
     common = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
     out = []
     for r in runs:
-        own = [o for o in r["overrides"] if o not in common and o.lstrip("+~").split("=")[0] not in NOT_RECIPE]
+        own = [o for o in r["overrides"] if o not in common and recipe_setting(o)]
         out.append(r | {"recipe": " ".join(own) or "(the shared settings)"})
     return out
 

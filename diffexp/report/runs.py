@@ -15,6 +15,14 @@ from diffexp.errors import ConfigError
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).
 NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag", "optuna")
 NOT_RECIPE_GROUPS = ("logger", "experiment", "sweeps")  # a sweep file sets recipe keys, which the config holds
+# What a run shows and keeps rather than what it learns: runs that differ only here pool as one recipe (an exported
+# experiment still carries them, so the run it retrains writes what the original wrote).
+NOT_LEARNED = ("verbose", "preview", "checkpoint")
+
+
+def recipe_setting(override: str) -> bool:
+    """Whether a `key=value` override changes the recipe compared (`optuna.trial=3`, `verbose=true` do not)."""
+    return override.lstrip("+~").split("=")[0].split(".")[0] not in NOT_RECIPE + NOT_LEARNED
 
 
 def natural_key(text: str | Path) -> list:
@@ -78,7 +86,7 @@ def load_run(folder: Path) -> dict[str, Any]:
         reason = metrics.get("reason") or error or "no metrics.json: the job stopped before training started"
     elif status == "pruned":  # a search's pruner stopped it early: listed as such, never ranked
         reason = metrics.get("reason")
-    recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE}
+    recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE + NOT_LEARNED}
     key_choices = {k: v for k, v in choices.items() if k not in NOT_RECIPE_GROUPS}
     grids = sorted((folder / "samples").glob("step_*.png"))
     return {
