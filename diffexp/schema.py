@@ -1,18 +1,26 @@
-"""Typed schemas of the train config: wrong types and unknown keys fail in one line before anything is built.
+"""What a train config may hold: typed schemas and the cross-field checks, so a bad recipe fails in one line
+before anything is built.
 
 Hydra composes YAML without types; these dataclasses give every key its type (OmegaConf converts `"3"` to 3 and
 rejects `"abc"` for an int), so a typo in an override is named with the fix instead of failing deep inside torch.
+`check` then refuses what is well typed but cannot train (a warm-up past the run, zero-SNR with epsilon, ...).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffexp.diffusion import check_lr_schedule
+from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError
+from diffexp.posthoc import check_posthoc
+from diffexp.search import trial_keys
 
 
 @dataclass
@@ -179,3 +187,102 @@ def validate(cfg: DictConfig) -> None:
         if "Key" in type(e).__name__ or "not in struct" in reason:
             raise ConfigError(f"{key}: no such setting ({reason}); see `diffexp-train --cfg job` for the keys") from e
         raise ConfigError(f"{key}: {reason}; give a value of the right type") from e
+
+
+MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classifier feature nets (digits) only
+
+
+def on_gpu(cfg: DictConfig) -> bool:
+    """Whether this run trains on a GPU, which decides the `speed.*` switches set to `auto`."""
+    return cfg.trainer.accelerator in ("gpu", "cuda") or (
+        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
+    )
+
+
+def speed(cfg: DictConfig, name: str) -> bool:
+    """A `speed.*` switch; `auto` means on when training on a GPU."""
+    if name not in cfg.speed or cfg.speed[name] not in ("auto", True, False):
+        raise ConfigError(f"speed.{name}={cfg.speed.get(name)}: use true, false or auto")
+    value = cfg.speed[name]
+    return on_gpu(cfg) if value == "auto" else bool(value)
+
+
+# Settings with a least value (a None is their own "off" or "default"): key, least, the fix the refusal suggests.
+RANGES = (
+    ("budget.images", 1, "a positive number of images (e.g. 96000), or null to train trainer.max_steps"),
+    ("threads", 1, "a positive number of torch threads, or null for every core this process may use"),
+    ("checkpoint.every_n_steps", 1, "a positive number of steps (e.g. 250)"),
+    ("preview.every_n_steps", 0, "a positive number of steps, or 0 for the final grid only"),
+    ("eval.every_n_steps", 0, "a positive number of steps, or 0 to evaluate at the end only"),
+    ("eval.every_n_images", 1, "a positive number of images (e.g. 24000), or null"),
+    ("optim.optimizer.weight_decay", 0, "0 or a positive weight decay (e.g. 0.01)"),
+)
+
+
+def check(cfg: DictConfig) -> None:
+    """Cross-field checks that need no building: each bad value gets one line before any work starts."""
+    lr = cfg.optim.optimizer.lr
+    if not lr > 0:
+        raise ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be > 0 (e.g. 1e-3)")
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: train at least 1 step")
+    for key, least, fix in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{key}={value}: use {fix}")
+    optimizer = cfg.optim.optimizer
+    if "betas" in optimizer and not all(0 <= b < 1 for b in optimizer.betas):
+        raise ConfigError(f"optim.optimizer.betas={list(optimizer.betas)}: each in [0, 1), e.g. [0.9, 0.999]")
+    monitors = MONITORS if cfg.eval.net == "digits" else MONITORS - {"top_prob"}
+    if not cfg.eval.net and cfg.eval.monitor is not None:
+        raise ConfigError(
+            f"eval.monitor={cfg.eval.monitor} with no eval net: nothing is scored; use eval=digits (or another eval "
+            "net), or eval.monitor=null"
+        )
+    if cfg.eval.net and cfg.eval.monitor is not None and cfg.eval.monitor not in monitors:
+        raise ConfigError(
+            f"eval.monitor={cfg.eval.monitor}: the best checkpoint is chosen by one of {sorted(monitors)} (or null)"
+        )
+    check_lr_schedule(cfg.optim.warmup, cfg.optim.decay)
+    keys = trial_keys(cfg)
+    if keys and not (keys.storage and keys.study):
+        raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the sweeper sets all three")
+    if keys and not (cfg.eval.net and cfg.eval.monitor):
+        raise ConfigError("optuna.trial: a trial reports eval.monitor; use an eval net (eval=digits) with a monitor")
+    if "gradient_clip_val" in cfg.trainer:
+        raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
+    if cfg.ema and not cfg.ema.get("_target_"):  # e.g. ema=none +ema.sigma_rel=0.1
+        raise ConfigError(f"ema={dict(cfg.ema)}: not an EMA; choose an option of the group, ema=power or ema=none")
+    if cfg.ema and "sigma_rel" in cfg.ema:
+        check_sigma_rel(cfg.ema.sigma_rel)
+    if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc
+        check_posthoc(cfg.ema)
+    if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:
+        raise ConfigError(f"loss.snr_gamma={cfg.loss.snr_gamma}: use a positive gamma (e.g. 5) or null")
+    if cfg.schedule.rescale_betas_zero_snr and cfg.schedule.prediction_type == "epsilon":
+        weighting = " and loss.snr_gamma's min(snr, gamma)/snr is 0/0 there" if cfg.loss.snr_gamma else ""
+        raise ConfigError(
+            "schedule.rescale_betas_zero_snr=true with schedule.prediction_type=epsilon: the last timestep has SNR "
+            f"0, where an epsilon model cannot recover the image{weighting} (NaN): "
+            "use schedule.prediction_type=v_prediction"
+        )
+    if cfg.model.in_channels != cfg.data.channels:
+        raise ConfigError(
+            f"model.in_channels={cfg.model.in_channels} but data.channels={cfg.data.channels}: make them equal "
+            f"(model.in_channels follows data.channels unless overridden)"
+        )
+    if cfg.model.sample_size != cfg.data.resolution:
+        raise ConfigError(
+            f"model.sample_size={cfg.model.sample_size} but data.resolution={cfg.data.resolution}: make them equal"
+        )
+    if cfg.logger and "TensorBoard" in cfg.logger._target_ and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard, or logger=csv")
+    gpu_only = str(cfg.trainer.precision) in ("16-mixed", "16", "16-true")
+    if gpu_only and not on_gpu(cfg):
+        raise ConfigError(
+            f"trainer.precision={cfg.trainer.precision} needs a GPU: on CPU use trainer.precision=bf16-mixed or 32"
+        )
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible: use trainer=default"
+        )

@@ -20,7 +20,7 @@ from conftest import REPO, compose_train
 from diffexp.config import CONF_DIR
 from diffexp.data import ImageDataModule
 from diffexp.errors import ConfigError
-from diffexp.train import check
+from diffexp.schema import check, validate
 from test_data import save_hub_copy, write_image_folder
 
 # What DESIGN.md promises at least; the tests below also cover any option added later.
@@ -225,10 +225,7 @@ OVERLAY_OPTIONS = [(g, o) for g in OVERLAYS for o in options(g)]
 @pytest.mark.parametrize(("group", "option"), OVERLAY_OPTIONS, ids=[f"{g}={o}" for g, o in OVERLAY_OPTIONS])
 def test_recipe_overlay_composes_and_passes_every_check(group, option, tmp_path):
     """Each shipped experiment and sweep file is a recipe `diffexp-train` accepts: every key typed as the schema
-    says and every cross-field check passed (`train.check` raises ConfigError on what cannot train)."""
-    from diffexp.schema import validate
-    from diffexp.train import check
-
+    says and every cross-field check passed (`schema.check` raises ConfigError on what cannot train)."""
     cfg = compose(tmp_path, f"{group}={option}")
     validate(cfg)
     check(cfg)
