@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from diffexp.config import CONF_DIR
+from diffexp.config import CONF_DIR, new_uid
 
 
 def _override(key: str, value: Any) -> str:
@@ -42,6 +42,7 @@ def _run_app(name: str, task: Callable, overrides: list[str], config_dir: str | 
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
+    new_uid()  # each call its own run folder name, however quickly they follow each other
     search_path = create_config_search_path(CONF_DIR)
     if config_dir is not None:  # as `--config-dir`: after the package's conf/
         search_path.prepend("command-line", f"file://{Path(config_dir).resolve()}", SearchPathQuery(provider="schema"))

@@ -17,6 +17,13 @@ _UID = secrets.token_hex(3)
 NEW_FOLDERS: dict[str, Path | None] = {}
 
 
+def new_uid() -> None:
+    """A new `${uid:}` for the next command this process runs (`diffexp.api`): two runs started within one second
+    get two folders."""
+    global _UID
+    _UID = secrets.token_hex(3)
+
+
 def _run_dir(resume: str | None, fresh: str) -> str:
     """`resume=DIR` trains on in DIR; otherwise a new folder. Notes whether the folder exists yet."""
     folder = str(Path(resume).expanduser()) if resume else fresh

@@ -41,6 +41,13 @@ def test_train_sample_evaluate_compare_write_what_the_commands_write(in_tmp):
     assert again["matched"] and again["steps_compared"] == 4, again
 
 
+def test_two_runs_started_within_a_second_get_two_folders(in_tmp):
+    # The folder name without its time stamp (which may tick between two runs): only ${uid:} tells them apart.
+    tiny = [*TINY, "logger=none", "trainer.max_steps=1", "preview.every_n_steps=0", "eval.denoise_images=0"]
+    first, second = (api.train([*tiny, "hydra.run.dir=outputs/run-${uid:}"]) for _ in range(2))
+    assert first != second and (first / "metrics.json").exists() and (second / "metrics.json").exists()
+
+
 def test_bad_settings_raise_config_error(in_tmp):
     with pytest.raises(ConfigError, match=r"^optim.optimizer.lr=-1: the learning rate must be > 0"):
         api.train([*TINY, "logger=csv"], **{"optim.optimizer.lr": -1})
