@@ -57,10 +57,16 @@ def _record_subdir(output_dir: str, resume: str | None) -> str | None:
     return ".hydra"
 
 
+def options(group: str) -> list[str]:
+    """The options of a config group; `_base` (what a group's options share, not an option itself) is left out."""
+    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def _groups_help(*groups: str) -> str:
-    """`--help`'s list of the config groups a command reads, each with its options (Hydra's own list holds every
-    group in conf/, most of them the training recipe's)."""
-    lines = [f"{g}: {', '.join(sorted(p.stem for p in Path(CONF_DIR, g).glob('*.yaml')))}" for g in groups]
+    """`--help`'s list of the config groups a command reads (none named: every group in conf/), each with its
+    options; Hydra's own list holds every group, most of them the training recipe's, and each `_base`."""
+    groups = groups or tuple(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))
+    lines = [f"{g}: {', '.join(options(g))}" for g in groups]
     return "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n" + (
         "\n".join(lines) + "\n\n"
     )

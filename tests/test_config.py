@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from hydra.utils import instantiate
 
 from conftest import REPO, compose_train
-from diffexp.config import CONF_DIR
+from diffexp.config import CONF_DIR, options
 from diffexp.data import ImageDataModule
 from diffexp.errors import ConfigError
 from diffexp.schema import check, validate
@@ -38,13 +38,9 @@ PROMISED = {
 PREDICTIONS = ["epsilon", "v_prediction", "sample"]
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-
-
 def is_overlay(group: str) -> bool:
     """Groups like `experiment` and `sweep`: `# @package _global_` files that override other groups."""
-    files = list((Path(CONF_DIR) / group).glob("*.yaml"))
+    files = [Path(CONF_DIR, group, f"{o}.yaml") for o in options(group)]
     return group == "experiment" or bool(files) and all("@package _global_" in f.read_text() for f in files)
 
 

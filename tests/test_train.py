@@ -244,9 +244,7 @@ def test_a_budget_writes_its_steps_into_the_saved_config_and_the_card(tiny_cfg, 
 
 @pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
 def test_zero_snr_trains_and_every_sampler_samples_finite_images(prediction, tiny_cfg, tmp_path):
-    from pathlib import Path
-
-    from diffexp.config import CONF_DIR
+    from diffexp.config import options
     from diffexp.run_folder import load_run
     from diffexp.samplers import seeded_noise
 
@@ -254,8 +252,9 @@ def test_zero_snr_trains_and_every_sampler_samples_finite_images(prediction, tin
     run(tiny_cfg("schedule.rescale_betas_zero_snr=true", f"schedule.prediction_type={prediction}"))
     loaded = load_run(tmp_path / "run")
     assert loaded.scheduler.alphas_cumprod[-1] == 0  # the last timestep is pure noise
-    for path in sorted(Path(CONF_DIR, "sampler").glob("*.yaml")):
-        sampler = instantiate(OmegaConf.load(path), steps=10)  # 10 steps start at t=999 (SNR 0) as 1000 do
+    for name in options("sampler"):
+        composed = tiny_cfg(f"sampler={name}", run_dir=tmp_path / "composed").sampler
+        sampler = instantiate(composed, steps=10)  # 10 steps start at t=999 (SNR 0) as 1000 do
         noise, generator = seeded_noise(4, 1, 8, 0)
         images = sampler(loaded.unet, loaded.scheduler, noise, generator, progress=False)
         assert torch.isfinite(images).all(), sampler.name
