@@ -108,6 +108,16 @@ def flat_row(figures: dict, floor: dict | None = None) -> dict:
     return row
 
 
+def check_count(n: int, net, cfg: DictConfig) -> None:
+    """Refuses too few samples for FID before any sampling, except with eval=dinov2: there, as in training, FD is
+    refused below the feature width (its figure reads `refused`) and KID, unbiased at any count, still scores."""
+    if cfg.eval.net == "dinov2":
+        if n <= net.num_features:
+            log.warning("n=%d is not above eval=dinov2's %d features: FD refused, KID scores", n, net.num_features)
+        return
+    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
+
+
 def fid_text(figures: dict) -> str:
     """The FID for a log line; None where FD was refused (fewer images than feature dimensions)."""
     return "refused" if figures.get("fid") is None else f"{figures['fid']:.3f}"
@@ -151,7 +161,7 @@ def run(cfg: DictConfig) -> Path:
     unet = loaded.unet.to(device)
     net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
     net = net.to(device)
-    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
+    check_count(n, net, cfg)
     too_many = [(s, k) for s, ks in grid.items() for k in ks if k > loaded.scheduler.config.num_train_timesteps]
     if too_many:
         raise ConfigError(
@@ -218,7 +228,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     n = cfg.n or cfg.eval.n_samples
     net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
     net = net.to(device)
-    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
+    check_count(n, net, cfg)
     reference = reference_for(loaded, net, cfg)
     floor = reference.floor(n)
     rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]

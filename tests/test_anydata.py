@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from test_compare import compose_app
 from conftest import REPO, TINY, compose_train
 from diffexp.compare import run as compare
 from diffexp.denoise import denoise_run
+from diffexp.evaluate import run as evaluate
 from diffexp.train import run as train
 from wandb_records import read_run
 
@@ -123,6 +125,13 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
     assert {r["basis"] for r in board} == {f"dinov2 {model}, 12 held-out real / 16 fake"}
     assert "ranked by KID" in (out / "report.md").read_text()
     assert {r["rank"] for r in board} == {"1", "2"}  # one comparison across the two targets
+    # diffexp-evaluate scores as training did: below the 32 features FD is refused and KID still scores
+    table = evaluate(compose_app("evaluate", [
+        f"run={sweep / '1'}", "eval=dinov2", f"eval.model={model}", "n=16", "eval.kid_subset_size=8",
+        f"eval.cache_dir={cache}", "samplers=[ddim]", "steps=[2]", "ddpm_steps=[]", "threads=1",
+    ]))  # fmt: skip
+    scored = rows(table)[1]
+    assert scored["sampler"] == "ddim" and not scored["fid"] and math.isfinite(float(scored["kid_x1e3"]))
 
 
 def crafted(folder: Path, target: str, schedule: str, loss: float, denoise: float | None = None) -> Path:
