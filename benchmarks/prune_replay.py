@@ -6,8 +6,9 @@ A no-pruning arm of `benchmarks/search.py` ran every trial to the end, so its tr
 reported at each images point and the final figure with its 95% interval. This feeds those curves, trial by trial in
 their order, to Optuna's own pruners (a fresh in-memory study each, the same calls the sweeper makes) and prints what
 each would have stopped: how many trials, the training images saved, and the *lost* trials, pruned though their final
-FID lies inside the arm's best trial's 95% interval. It is a screen, not the measurement: with pruning, TPE would have
-drawn other trials afterwards; `benchmarks/search.py` measures the search itself.
+FID lies inside the arm's best trial's 95% interval. It is a screen, not the measurement: with pruning TPE could draw
+other trials afterwards (in the measured arms it drew the same ones: a pruned trial still counts among its bad ones),
+and only `benchmarks/search.py` measures the time the search takes.
 """
 
 from __future__ import annotations
