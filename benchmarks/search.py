@@ -8,7 +8,10 @@ The arms differ only in the pruner (the sweep file's pruner against `hydra/sweep
 evaluate at the same 4 images points. Afterwards every trial that improved its arm's best-so-far is scored again
 with the final evaluation on fresh sampling seeds (a search's best figure is optimistic: it won on its own noise).
 An arm *reached* the seed's best recipe when one of its re-scored figures lies inside (or below) that recipe's 95%
-interval; the time it needed is that trial's completion, counted from the arm's start.
+interval; the time it needed is that trial's completion, counted from the arm's start. Each seed's line under the
+table says how many times sooner the pruning arm got there, and for how many leading trials both arms drew the same
+parameters: as far as they do, the arms differ only in time (TPE ranks a pruned trial below every finished one, so
+the draws part only when a pruned trial's twin would have been among TPE's few best).
 
 Writes OUT/results.json, OUT/results.md (the table for benchmarks/RESULTS.md) and OUT/search.png. The same command
 again reuses finished arms (their studies and trial folders) and re-scores only what is missing.
@@ -60,6 +63,22 @@ def time_to_reach(points: list[Point], hi: float) -> float | None:
     return next((p.minutes for p in points if p.fid is not None and p.fid <= hi), None)
 
 
+def speedup(reach: dict[str, float | None]) -> float | None:
+    """How many times sooner the pruning arm reached the best than the no-pruning arm (None unless both did)."""
+    with_, without = reach.get("pruning"), reach.get("no pruning")
+    return without / with_ if with_ and without else None
+
+
+def shared_recipes(params: list[list[dict]]) -> int:
+    """How many leading trials drew the same parameters in every arm: over those, the arms differ only in time."""
+    n = 0
+    for same in zip(*params, strict=False):
+        if any(p != same[0] for p in same[1:]):
+            break
+        n += 1
+    return n
+
+
 def sweep_dir(out: Path, arm: str, seed: int) -> Path:
     return out / "multirun" / f"bench-{arm.replace(' ', '-')}-seed{seed}"
 
@@ -95,8 +114,9 @@ def run_arms(out: Path, seed: int, minutes: float, images: int) -> None:
         (sweep_dir(out, arm, seed) / "done").touch()
 
 
-def arm_trials(folder: Path) -> tuple[list[tuple[int, float, float]], dict[str, int]]:
-    """(number, minutes to completion, objective) of the COMPLETE trials, and the count of each state."""
+def arm_trials(folder: Path) -> tuple[list[tuple[int, float, float]], dict[str, int], list[dict]]:
+    """(number, minutes to completion, objective) of the COMPLETE trials, the count of each state, and every trial's
+    parameters in trial order."""
     import optuna
     from optuna.trial import TrialState
 
@@ -109,7 +129,7 @@ def arm_trials(folder: Path) -> tuple[list[tuple[int, float, float]], dict[str, 
         if t.state == TrialState.COMPLETE and t.value is not None
     ]
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    return done, states
+    return done, states, [t.params for t in sorted(trials, key=lambda t: t.number)]
 
 
 def rescore(trial_folder: Path, seeds: int) -> tuple[float, float, float]:
@@ -176,13 +196,14 @@ def main() -> None:
     a = parser.parse_args()
     out = a.out.resolve()
     results = {"minutes": a.minutes, "images": a.images, "rescore_seeds": a.rescore_seeds, "seeds": {}}
-    rows = []
+    rows, notes = [], []
     for seed in a.seeds:
         run_arms(out, seed, a.minutes, a.images)
-        arms = {}
+        arms, params = {}, []
         for arm in ARMS:
             folder = sweep_dir(out, arm, seed)
-            trials, states = arm_trials(folder)
+            trials, states, drawn = arm_trials(folder)
+            params.append(drawn)
             points = incumbents(trials)
             for p in points:
                 print(f"seed {seed}, {arm}: re-scoring trial {p.trial}", flush=True)
@@ -199,9 +220,18 @@ def main() -> None:
                 f"{mine.fid:.2f} [{mine.lo:.2f}, {mine.hi:.2f}] (trial {mine.trial}) | "
                 f"{'yes' if reach is not None else 'no'} | {'' if reach is None else f'{reach:.1f}'} |"
             )
+        sooner = speedup({arm: r["minutes_to_reach"] for arm, r in arms.items()})
+        shared = shared_recipes(params)
+        notes.append(
+            f"TPE seed {seed}: pruning reached the best "
+            + ("(one arm never reached it)" if sooner is None else f"{sooner:.2f}x sooner")
+            + f"; the arms drew the same parameters for their first {shared} trials."
+        )
         arms = {arm: r | {"incumbents": [asdict(p) for p in r["incumbents"]]} for arm, r in arms.items()}
         results["seeds"][str(seed)] = arms
         results.setdefault("best", {})[str(seed)] = asdict(best) | {"arm": best_arm}
+        results.setdefault("speedup", {})[str(seed)] = sooner
+        results.setdefault("shared_recipes", {})[str(seed)] = shared
     header = (
         f"TPE with and without pruning, `sweeps=optuna_tiny` at {a.images} images a trial, {a.minutes:g} min an arm, "
         f"one worker each (`threads=1`), arms side by side; best figures re-scored on {a.rescore_seeds} fresh "
@@ -210,7 +240,7 @@ def main() -> None:
         "| TPE seed | arm | trials | best FID, re-scored [95% CI] | reached the best | minutes to reach |\n"
         "| --- | --- | --- | --- | --- | --- |\n"
     )
-    table = header + "\n".join(rows) + "\n"
+    table = header + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(table)
     plot(results, out / "search.png")

@@ -27,3 +27,16 @@ def test_an_arm_reaches_the_best_at_its_first_rescored_figure_inside_the_interva
         p.fid = fid
     assert bench.time_to_reach(points, hi=6.5) == 6.0
     assert bench.time_to_reach(points, hi=5.0) is None  # never inside: did not reach
+
+
+def test_speedup_is_the_no_pruning_arms_time_over_the_pruning_arms_and_needs_both():
+    assert bench.speedup({"pruning": 12.0, "no pruning": 36.0}) == 3.0
+    assert bench.speedup({"pruning": None, "no pruning": 36.0}) is None  # pruning never reached the best
+    assert bench.speedup({"pruning": 12.0, "no pruning": None}) is None
+
+
+def test_shared_recipes_counts_the_leading_trials_with_the_same_parameters_in_every_arm():
+    a = [{"lr": 1e-3}, {"lr": 2e-3}, {"lr": 3e-3}, {"lr": 4e-3}]
+    b = [{"lr": 1e-3}, {"lr": 2e-3}, {"lr": 5e-3}]
+    assert bench.shared_recipes([a, b]) == 2  # the third trial differs: what follows is no longer a timing comparison
+    assert bench.shared_recipes([a, a[:3]]) == 3  # the shorter arm ran out: shared as far as both ran
