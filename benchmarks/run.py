@@ -105,10 +105,10 @@ def paired_steps(
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from diffexp.callbacks import run_callbacks
     from diffexp.config import CONF_DIR
     from diffexp.data import ImageDataModule
     from diffexp.posthoc import Snapshots
-    from diffexp.train import train_callbacks
 
     resolution, channels, widths, attention, layers, batch = recipe
 
@@ -129,7 +129,7 @@ def paired_steps(
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
-        callbacks = train_callbacks(cfg, run_dir, LossHistory(run_dir / "losses.csv"), instantiate(cfg.sampler), None)
+        callbacks = run_callbacks(cfg, run_dir, LossHistory(run_dir / "losses.csv"), instantiate(cfg.sampler), None)
         if ema == "posthoc":
             callbacks.append(Snapshots(run_dir / "ema", module.ema, batch))
         trainer = instantiate(

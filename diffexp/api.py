@@ -36,7 +36,12 @@ def _overrides(overrides: Iterable[str], settings: dict[str, Any]) -> list[str]:
 
 
 def _run_app(name: str, task: Callable, overrides: list[str], config_dir: str | Path | None = None) -> Any:
-    """Runs `task` as the `diffexp-<name>` command would (Hydra's run mode: output folder, `.hydra/`, job log)."""
+    """Runs `task` as the `diffexp-<name>` command would (Hydra's run mode: output folder, `.hydra/`, job log).
+
+    Hydra 1.3 has no public API for this: `hydra.compose` gives the config alone, and `hydra.core.utils.run_job`
+    (the launchers' API) needs a `HydraContext` whose config loader is built in `hydra._internal`. So this one
+    function uses `hydra._internal.hydra.Hydra`, as Hydra's own `@hydra.main` does.
+    """
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery

@@ -1,4 +1,5 @@
-"""What a run records while it trains: the per-step loss, sample grids from fixed noise."""
+"""What a run records while it trains: the per-step loss, sample grids from fixed noise, the evaluations, and the
+checkpoints (`run_callbacks`: the whole list a run trains with)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 
 from diffexp.denoise import denoise_error
-from diffexp.run_folder import atomic_write_text, read_losses
-from diffexp.samplers import Sampler, describe, save_grid
+from diffexp.files import atomic_write_text
+from diffexp.metrics import HIGHER_IS_BETTER
+from diffexp.plots import save_grid
+from diffexp.run_folder import read_losses
+from diffexp.samplers import Sampler, describe
+from diffexp.terminal import RunProgress
 
 log = logging.getLogger("diffexp.train")
 
@@ -233,7 +239,7 @@ class Evaluate(pl.Callback):
     def score(self, pl_module, seeds: int = 1, picture: bool = False, first: int | None = None) -> dict:
         """The record of `seeds` sampling seeds (`first`, default `self.seed`, then `+ 1`, ...); `picture` writes
         `nearest`."""
-        from diffexp.heldout import plot_nearest
+        from diffexp.plots import plot_nearest
 
         first = self.seed if first is None else first
         self.reference.net.to(pl_module.device)
@@ -243,3 +249,40 @@ class Evaluate(pl.Callback):
             ref = self.reference
             plot_nearest(samples, ref.train_images, dist, index, ref.threshold, self.nearest)
         return figures | {"sampler": self.sampler.name, "sampler_steps": self.sampler.steps}
+
+
+def run_callbacks(
+    cfg: DictConfig, run_dir: Path, losses: LossHistory, sampler: Sampler, evaluate: Evaluate | None
+) -> list:
+    """Checkpoints (last; best by `eval.monitor` when `checkpoint.keep_best`), preview grids, the loss record, the
+    evaluation."""
+    checkpoints = run_dir / "checkpoints"
+    callbacks = [
+        RunProgress(cfg.data.batch_size),
+        pl.callbacks.ModelCheckpoint(
+            dirpath=checkpoints,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint.every_n_steps,
+            save_on_train_epoch_end=False,
+        ),
+        SampleGrid(run_dir / "samples", sampler, cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed),
+        losses,
+    ]
+    if evaluate is not None:
+        callbacks.append(evaluate)
+        if cfg.eval.monitor and cfg.checkpoint.get("keep_best"):
+            callbacks.append(
+                pl.callbacks.ModelCheckpoint(
+                    dirpath=checkpoints,
+                    filename="best",
+                    monitor=f"eval/{cfg.eval.monitor}",
+                    mode="max" if HIGHER_IS_BETTER.get(cfg.eval.monitor) else "min",
+                    save_top_k=1,
+                    auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                    every_n_train_steps=1,  # compares only; it writes when a new evaluation beats the best
+                    save_on_train_epoch_end=False,
+                )
+            )
+    return callbacks

@@ -12,6 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from diffexp.record import RunRecord
 from diffexp.tables import FIGURE_NAMES, SCALE, figure_text, kid_note
 
 SNIPPET_N, SNIPPET_SEED = 16, 0  # the snippet's sample count and seed (the test reproduces them with diffexp-sample)
@@ -282,14 +283,14 @@ def recipe_table(config: dict, width: float | None) -> str:
     return _table(recipe)
 
 
-def training_table(metrics: dict) -> str:
+def training_table(record: RunRecord) -> str:
     keys = ("status", "steps", "images_seen", "train_seconds", "final_loss", "parameters")
-    return _table({k: metrics.get(k) for k in keys})
+    return _table({k: getattr(record, k) for k in keys})
 
 
 def model_card(
     config: dict,
-    metrics: dict,
+    record: RunRecord,
     ev: dict,
     *,
     source: str,
@@ -339,7 +340,7 @@ def model_card(
         card_data,
         template_str=CARD,
         title=f"{recipe} on {dataset} ({resolution} px)",
-        params=f"{metrics.get('parameters', 0) / 1e6:.2f}",
+        params=f"{(record.parameters or 0) / 1e6:.2f}",
         resolution=resolution,
         channels=channels,
         dataset=dataset + (f" (`{dataset_id}`)" if dataset_id else ""),
@@ -354,7 +355,7 @@ def model_card(
         figures=figures_section(ev, posthoc_line),
         limitations=limitations(ev, resolution),
         recipe_table=recipe_table(config, (posthoc or {}).get("ema_sigma_rel", ev.get("ema_sigma_rel"))),
-        training_table=training_table(metrics),
+        training_table=training_table(record),
         license=license,
     )
     return card

@@ -11,10 +11,7 @@ The parts live in `diffexp/report/`; this module reads the settings, builds the 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +21,22 @@ from omegaconf import DictConfig, ListConfig
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
+from diffexp.files import AtomicFolder
 from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.experiments import name_experiments, write_experiments
 from diffexp.report.importances import section as importances_section
-from diffexp.report.pages import LEADERBOARD, RECIPES, REPORT, VERDICTS, best_markdown, by_size, columns_for, readable
-from diffexp.report.plots import plot_losses, plot_pareto, plot_samples
+from diffexp.report.pages import (
+    LEADERBOARD,
+    RECIPES,
+    REPORT,
+    VERDICTS,
+    best_markdown,
+    by_size,
+    columns_for,
+    readable,
+    shown,
+)
+from diffexp.report.plots import plot_pareto, plot_run_losses, plot_samples
 from diffexp.report.ranking import (
     basis_note,
     best_recipes,
@@ -40,8 +48,7 @@ from diffexp.report.ranking import (
     score,
     spread,
 )
-from diffexp.report.runs import find_runs, load_run
-from diffexp.run_folder import follow_umask, free_path
+from diffexp.report.runs import find_runs, run_row
 from diffexp.tables import markdown, write_table
 
 COMPUTE = ("images_seen", "train_seconds")
@@ -62,14 +69,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     higher = HIGHER_IS_BETTER[used]
     board = rank([score(r, used) for r in label_recipes(runs)], higher)
     common = [o for o in runs[0]["overrides"] if all(o in r["overrides"] for r in runs)] if runs else []
-    for r in board:
-        r |= {"run": r["name"], used: r["value"], f"best {used}": r["best"], f"{used} 95% CI": r["ci"]}
-        r |= {"post-hoc EMA width": r["ema_sigma_rel"], f"{used} at fixed EMA": r["fixed"]}
-        r["overrides"] = " ".join(r["overrides"])
     table = judge(recipes(board, higher))
-    for r in table:
-        r |= {f"{used} mean": r["mean"], f"{used} std": r["std"], f"{used} 95% CI": r["ci"]}
-        r |= {"post-hoc EMA width": r["ema_sigma_rel"], f"{used} at fixed EMA": r["fixed"]}
     best = best_recipes(table)
     name_experiments(best, name)  # a name the package ships is refused before anything is written
     bases = sorted({r["basis"] for r in board if r["basis"]})
@@ -83,21 +83,23 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"
     posthoc = any(r.get("ema_sigma_rel") is not None for r in board)
     columns, recipe_columns = columns_for(LEADERBOARD, used, posthoc), columns_for(RECIPES, used, posthoc)
-    write_table(board, [*columns, "n_fake", "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
-    (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + by_size(board, columns, "runs"))
-    write_table(table, recipe_columns, folder / "recipes.csv")
+    board_page, table_page = shown(board, used), shown(table, used, recipes=True)
+    write_table(board_page, [*columns, "n_fake", "basis", "overrides", "path"], folder / "leaderboard.csv", columns)
+    (folder / "leaderboard.md").write_text("# Leaderboard\n\n" + header + by_size(board_page, columns, "runs"))
+    write_table(table_page, recipe_columns, folder / "recipes.csv")
     title = "# Recipes (runs that differ only by seed, averaged)\n\n"
-    (folder / "recipes.md").write_text(title + header + by_size(table, recipe_columns, "recipes"))
+    (folder / "recipes.md").write_text(title + header + by_size(table_page, recipe_columns, "recipes"))
     write_experiments(best, used, sources, folder / "conf" / "experiment")
     (folder / "best.md").write_text(best_markdown(best, table, used, notes[:-1], len(bases) > 1))
     plot_pareto(table, used, compute, folder / "pareto.png")
-    plot_losses(board, folder / "losses.png")
+    plot_run_losses(board, folder / "losses.png")
     plot_samples(board, used, folder / "samples.png")
 
     failed = [r for r in board if r["status"] == "failed"]
     running = [r for r in board if r["status"] == "running"]
     pruned = [r for r in board if r["status"] == "pruned"]
-    for b in best:
+    best_page = shown(best, used, recipes=True)
+    for b in best_page:
         path = f"conf/experiment/{b['experiment']}.yaml"
         b["experiment config"] = f"[{b['experiment']}]({path})" if b["experiment"] else ""
     best_columns = ["size", "recipe", "verdict", f"{used} mean", f"{used} 95% CI", "seeds", "samples"]
@@ -111,7 +113,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
         sources=", ".join(f"`{s}`" for s in sources),
         date=f"{datetime.now():%Y-%m-%d %H:%M}",
         notes=header,
-        best=markdown(*readable(best, best_columns)),
+        best=markdown(*readable(best_page, best_columns)),
         experiments="\n".join(
             f"- [conf/experiment/{p.name}](conf/experiment/{p.name})"
             for p in sorted(folder.glob("conf/experiment/*.yaml"))
@@ -138,25 +140,12 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"name={cfg.name}: use letters, digits, '_', '-' or '.' (it names the experiment files)")
     sweeps, run_list = _as_list(cfg.sweep), _as_list(cfg.runs)
     folders = find_runs(sweeps, run_list)
-    runs = [load_run(f) for f in folders]
+    runs = [run_row(f) for f in folders]
     out = Path(cfg.out).expanduser() if cfg.out else (Path(sweeps[0]) if sweeps else folders[0].parent) / "report"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    folder = AtomicFolder(out, replace=False)  # a new report never replaces an earlier one
+    with folder as tmp:
         best = build(runs, cfg.metric, cfg.compute, cfg.name, [str(s) for s in sweeps + run_list], tmp)
-        follow_umask(tmp)  # mkdtemp made it 700: the modes are set before the rename
-        while True:
-            final = free_path(out.parent, out.name, "")
-            try:
-                os.rename(tmp, final)
-                break
-            except OSError:
-                if not final.exists():
-                    raise
-                # another report took the name meanwhile: take the next one
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    final = folder.path
     print(f"leaderboard: {final / 'leaderboard.md'}")
     for b in best:
         print(f"best {b['size']}: {b['recipe']}: {spread(b)}, {b['verdict']}")

@@ -137,7 +137,7 @@ def denoise_run(folder, count: int = IMAGES) -> dict:
     """
     from diffexp.config import instantiate
     from diffexp.errors import ConfigError
-    from diffexp.run_folder import load_run
+    from diffexp.loading import load_run
 
     loaded = load_run(folder)
     data = loaded.config.get("data")

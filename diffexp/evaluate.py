@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from omegaconf import DictConfig
 from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
-from diffexp.heldout import Reference, plot_nearest
-from diffexp.metrics import check_sample_count
-from diffexp.run_folder import LoadedRun, free_path, load_run
-from diffexp.sample import pick_device
-from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
+from diffexp.files import free_path
+from diffexp.heldout import Reference, evaluation_reference
+from diffexp.loading import LoadedRun, load_run
+from diffexp.plots import plot_nearest, plot_quality, plot_widths
+from diffexp.runtime import pick_device, set_threads
+from diffexp.samplers import SCHEDULERS, Sampler, check_steps, seeded_noise
 from diffexp.tables import FIGURE_NAMES, figure_text, kid_note, within_noise, write_table
 
 log = logging.getLogger("diffexp.evaluate")
@@ -73,8 +73,9 @@ MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real"]
 FLOOR = "floor: real training images"
 
 
-def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> Reference:
-    """The held-out reference of the run's own dataset (the same set training evaluation used; features cached)."""
+def reference_for(loaded: LoadedRun, cfg: DictConfig, n: int, device) -> Reference:
+    """The held-out reference of the run's own dataset (the same set training evaluation used; features cached),
+    scored with this command's `eval` net."""
     data = loaded.config.get("data")
     if not data:
         raise ConfigError(
@@ -83,7 +84,8 @@ def reference_for(loaded: LoadedRun, net, cfg: DictConfig) -> Reference:
         )
     datamodule = instantiate(data, seed=0)
     datamodule.prepare()
-    return Reference.of_data(datamodule, data, net, cfg.eval)
+    setting = "n" if cfg.n else "eval.n_samples"
+    return evaluation_reference(cfg.eval, data, datamodule, n, setting=setting, device=device)
 
 
 def flat_row(figures: dict, floor: dict | None = None) -> dict:
@@ -108,16 +110,6 @@ def flat_row(figures: dict, floor: dict | None = None) -> dict:
     return row
 
 
-def check_count(n: int, net, cfg: DictConfig) -> None:
-    """Refuses too few samples for FID before any sampling, except with eval=dinov2: there, as in training, FD is
-    refused below the feature width (its figure reads `refused`) and KID, unbiased at any count, still scores."""
-    if cfg.eval.net == "dinov2":
-        if n <= net.num_features:
-            log.warning("n=%d is not above eval=dinov2's %d features: FD refused, KID scores", n, net.num_features)
-        return
-    check_sample_count(n, net.num_features, cfg.eval.net, "n" if cfg.n else "eval.n_samples")
-
-
 def fid_text(figures: dict) -> str:
     """The FID for a log line; None where FD was refused (fewer images than feature dimensions)."""
     return "refused" if figures.get("fid") is None else f"{figures['fid']:.3f}"
@@ -135,12 +127,8 @@ def sample_seeds(unet, scheduler, name: str, steps: int, n: int, cfg: DictConfig
 def run(cfg: DictConfig) -> Path:
     """Scores the run with each sampler and step count (or each EMA width) against the held-out reference, beside
     the real-data floor; writes RUN/eval/*.csv, .md and pictures (new names each time) and returns the CSV's path."""
-    from diffexp.features import load_feature_net
-
     if not cfg.eval.net:
         raise ConfigError("eval=none has no metric to evaluate: use eval=digits, eval=dinov2 or eval=inception")
-    if cfg.eval.seeds < 1:
-        raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
     widths = cfg.get("ema_sigma_rel")
     if widths is not None and (isinstance(widths, int | float | str) or len(widths)):
         return evaluate_widths(cfg)
@@ -156,19 +144,12 @@ def run(cfg: DictConfig) -> Path:
         if not steps or min(steps) < 1:
             raise ConfigError(f"steps={steps} for {name}: give step counts of at least 1")
     device = pick_device(cfg.device)
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    set_threads(cfg.threads)
     loaded = load_run(Path(cfg.run))
     unet = loaded.unet.to(device)
-    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
-    net = net.to(device)
-    check_count(n, net, cfg)
-    too_many = [(s, k) for s, ks in grid.items() for k in ks if k > loaded.scheduler.config.num_train_timesteps]
-    if too_many:
-        raise ConfigError(
-            f"steps: {too_many} exceed the model's {loaded.scheduler.config.num_train_timesteps} "
-            f"training timesteps: lower them"
-        )
-    reference = reference_for(loaded, net, cfg)
+    for steps in grid.values():
+        check_steps(max(steps), loaded.scheduler, "steps")
+    reference = reference_for(loaded, cfg, n, device)
     floor = reference.floor(n)
     rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
     pictures = []
@@ -207,7 +188,6 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     """Each of `ema_sigma_rel`, reconstructed from a post-hoc run's snapshots at its final step, scored with the
     run's evaluation sampler against the held-out images; a table, a plot against the width, a JSON record."""
     from diffexp.ema import check_sigma_rel
-    from diffexp.features import load_feature_net
     from diffexp.posthoc import list_snapshots, load_width
 
     widths = [cfg.ema_sigma_rel] if isinstance(cfg.ema_sigma_rel, int | float | str) else list(cfg.ema_sigma_rel)
@@ -220,16 +200,13 @@ def evaluate_widths(cfg: DictConfig) -> Path:
             f"them): drop ema_sigma_rel, or train with ema=posthoc"
         )
     device = pick_device(cfg.device)
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    set_threads(cfg.threads)
     loaded = load_run(run_dir)
     unet = loaded.unet.to(device)
     run_eval = loaded.config.get("eval") or {}
     name, steps = run_eval.get("sampler") or cfg.eval.sampler, run_eval.get("sampler_steps") or cfg.eval.sampler_steps
     n = cfg.n or cfg.eval.n_samples
-    net = load_feature_net(cfg.eval.net, unet.config.in_channels, unet.config.sample_size, cfg.eval.get("model"))
-    net = net.to(device)
-    check_count(n, net, cfg)
-    reference = reference_for(loaded, net, cfg)
+    reference = reference_for(loaded, cfg, n, device)
     floor = reference.floor(n)
     rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
     records, pictures = {}, []
@@ -260,57 +237,6 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         )
     print(path.with_suffix(".md").read_text())
     return path
-
-
-def plot_widths(rows: list[dict], path: Path, title: str) -> None:
-    """FID against the post-hoc EMA width, with its 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(rows, key=lambda r: r["ema_sigma_rel"])
-    x = [r["ema_sigma_rel"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(x, [r["fid"] for r in rows], marker="o")
-    if all(r.get("fid_lo") is not None for r in rows):
-        ax.fill_between(x, [r["fid_lo"] for r in rows], [r["fid_hi"] for r in rows], alpha=0.2, label="95% interval")
-        ax.legend()
-    ax.set_xscale("log")
-    ax.set_xticks(x, [f"{v:g}" for v in x])
-    ax.minorticks_off()
-    ax.set_xlabel("EMA width sigma_rel (post-hoc reconstruction)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_quality(rows: list[dict], path: Path, title: str) -> None:
-    """FID against network evaluations, one line per sampler."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
-    for name in dict.fromkeys(r["sampler"] for r in rows):
-        mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == name)
-        ax.plot(*zip(*mine, strict=True), marker="o", label=name)
-    for name in dict.fromkeys(r["sampler"] for r in rows):
-        mine = sorted((r["nfe"], r.get("fid_lo"), r.get("fid_hi")) for r in rows if r["sampler"] == name)
-        if all(lo is not None for _, lo, _ in mine):
-            ax.fill_between([m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine], alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per image")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")

@@ -10,6 +10,7 @@ saying it is unscored).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -21,7 +22,8 @@ from omegaconf import DictConfig
 
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import atomic_folder, read_metrics
+from diffexp.files import AtomicFolder
+from diffexp.record import RunRecord
 
 log = logging.getLogger("diffexp.export")
 
@@ -29,7 +31,7 @@ DEFAULT_LICENSE = "other"  # the export command's `license` default (conf/export
 WEIGHTS = ("final", "best")
 
 
-def width_figures(run_dir: Path, record: dict, sigma_rel: float) -> tuple[dict, str | None]:
+def width_figures(run_dir: Path, record: RunRecord, sigma_rel: float) -> tuple[dict, str | None]:
     """The figures scored for the post-hoc width `sigma_rel`: the newest `diffexp-evaluate ema_sigma_rel=` record
     holding it, else the final in-training evaluation where it chose that width; ({}, None) when unscored."""
     key = f"{float(sigma_rel):g}"
@@ -37,13 +39,13 @@ def width_figures(run_dir: Path, record: dict, sigma_rel: float) -> tuple[dict, 
         found = json.loads(path.read_text()).get("ema_sigma_rel", {}).get(key)
         if found:
             return found, f"diffexp-evaluate, eval/{path.name}"
-    ev = record.get("eval") or {}
+    ev = record.eval or {}
     if ev.get("ema_sigma_rel") is not None and float(ev["ema_sigma_rel"]) == float(sigma_rel):
         return ev, "the final in-training evaluation, which chose this width"
     return {}, None
 
 
-def weights_text(config: dict, metrics: dict, ev: dict, weights: str, step: int | None) -> str:
+def weights_text(config: dict, record: RunRecord, ev: dict, weights: str, step: int | None) -> str:
     """Which weights the pipeline holds, in words."""
     ema = "EMA weights" if config.get("ema") else "trained weights (the run used no EMA)"
     if weights == "best":
@@ -52,7 +54,7 @@ def weights_text(config: dict, metrics: dict, ev: dict, weights: str, step: int 
             f"The pipeline holds the {ema} of the best evaluation during training (step {ev.get('step', step)}, by "
             f"{monitor}), kept in `checkpoints/best.ckpt`; the run's final weights are in its `pipeline/`."
         )
-    return f"The pipeline holds the {ema} at the final step ({step if step is not None else metrics.get('steps')})."
+    return f"The pipeline holds the {ema} at the final step ({step if step is not None else record.steps})."
 
 
 def grid_for(run_dir: Path, step: int | None, config: dict) -> tuple[Path | None, str | None]:
@@ -75,9 +77,10 @@ def export_pipeline(
     scheduler: DDPMScheduler,
     folder: Path,
     config: dict,
-    metrics: dict,
+    record: RunRecord,
     grid: Path | None = None,
     *,
+    posthoc: dict | None = None,
     weights: str = "final",
     license: str = DEFAULT_LICENSE,
     repo_id: str | None = None,
@@ -87,32 +90,32 @@ def export_pipeline(
 ) -> Path:
     """Writes the pipeline (safetensors) and its model card; an existing export is replaced only whole.
 
-    The card's figures are those of the weights written: `metrics["eval"]` for the final weights (when it was made
-    at the final step), `metrics["eval_best"]` for `weights="best"`; a post-hoc width's come in `metrics["eval"]`
-    with `metrics["posthoc"]`.
+    The card's figures are those of the weights written: `record.eval` for the final weights (when it was made at
+    the final step), `record.eval_best` for `weights="best"`; a post-hoc width's are in `record.eval`, with what
+    the width holds in `posthoc`.
     """
     from diffexp.card import model_card
 
     folder = Path(folder)
-    posthoc = metrics.get("posthoc") or {}
-    step = step if step is not None else metrics.get("steps")
-    ev = (metrics.get("eval_best") if weights == "best" else metrics.get("eval")) or {}
+    posthoc = posthoc or {}
+    step = step if step is not None else record.steps
+    ev = (record.eval_best if weights == "best" else record.eval) or {}
     if not isinstance(ev, dict) or (not posthoc and weights == "final" and step is not None and ev.get("step") != step):
         ev = {}  # an evaluation of other weights (an earlier step) says nothing about these
     if grid is not None and not grid_caption:
         grid_caption = f"the preview grid {grid.name}, {(config.get('sampler') or {}).get('name')} samples."
-    with atomic_folder(folder) as tmp:
+    with AtomicFolder(folder) as tmp:
         DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp, safe_serialization=True)
         (tmp / "diffexp_config.json").write_text(json.dumps(config, indent=2, default=str))
         if grid is not None:
             shutil.copyfile(grid, tmp / "samples.png")
         card = model_card(
             config,
-            metrics,
+            record,
             ev,
             source=repo_id or str(folder.resolve()),
             scheduler=scheduler,
-            weights=weights_text(config, metrics, ev, weights, step),
+            weights=weights_text(config, record, ev, weights, step),
             license=license,
             model_name=repo_id.split("/")[-1] if repo_id else None,
             posthoc=posthoc,
@@ -126,7 +129,7 @@ def export_pipeline(
 def run(cfg: DictConfig) -> Path:
     """Rebuilds the export from the run: weights from its checkpoint (`final`: last.ckpt's EMA, `best`: best.ckpt's),
     the card from its metrics; writes `RUN/pipeline` (or `pipeline-best`, `pipeline-ema_sigma_rel-X`, `out=`)."""
-    from diffexp.run_folder import load_checkpoint, load_run
+    from diffexp.loading import load_checkpoint, load_run
 
     folder = Path(cfg.run).expanduser()
     if cfg.push_to_hub and not cfg.repo_id:
@@ -145,7 +148,7 @@ def run(cfg: DictConfig) -> Path:
             raise ConfigError("weights=best with ema_sigma_rel: a reconstructed width is of the final step; drop one")
     standalone = (folder / "model_index.json").exists()  # run= names a pipeline folder (RUN/pipeline, or any)
     run_dir = folder.parent if standalone and (folder.parent / "metrics.json").exists() else folder
-    metrics = read_metrics(run_dir)
+    record = RunRecord.read(run_dir) or RunRecord()  # a pipeline folder alone has none
     checkpoints = run_dir / "checkpoints"
     if weights == "best" and not (checkpoints / "best.ckpt").exists():
         raise ConfigError(
@@ -168,21 +171,23 @@ def run(cfg: DictConfig) -> Path:
         loaded = load_checkpoint(checkpoints / "last.ckpt", run_dir)
     else:  # a pipeline folder alone: its own (final) weights, read into memory before it is rebuilt
         loaded = load_run(folder)
-    step = loaded.step if loaded.step is not None else metrics.get("steps")
+    step = loaded.step if loaded.step is not None else record.steps
+    posthoc = None
     if width is not None:
         from diffexp.posthoc import load_width
 
         held = load_width(loaded.unet, run_dir, float(width))
-        figures, scored_by = width_figures(run_dir, metrics, float(width))
-        metrics = metrics | {"eval": figures, "posthoc": held | {"scored_by": scored_by}}
+        figures, scored_by = width_figures(run_dir, record, float(width))
+        record, posthoc = dataclasses.replace(record, eval=figures), held | {"scored_by": scored_by}
     grid, caption = grid_for(run_dir, step, loaded.config) if width is None else (None, None)
     export_pipeline(
         loaded.unet,
         loaded.scheduler,
         out,
         loaded.config,
-        metrics,
+        record,
         grid,
+        posthoc=posthoc,
         weights=weights,
         license=cfg.license,
         repo_id=cfg.repo_id if cfg.push_to_hub else None,

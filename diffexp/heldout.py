@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from diffexp.errors import ConfigError
-from diffexp.features import PIXEL_SPACE, pixel_space
+from diffexp.features import PIXEL_SPACE, load_feature_net, pixel_space
+from diffexp.files import atomic_write_text, write_atomic
 from diffexp.metrics import (
     MEMORISED_FACTOR,
+    check_sample_count,
     fd_refusal,
     fid,
     kid,
@@ -31,8 +33,8 @@ from diffexp.metrics import (
     reference_indices,
     score,
 )
-from diffexp.run_folder import follow_umask
 
+log = logging.getLogger("diffexp.evaluate")
 FLOOR_TRAIN_MAX = 10_000  # training images whose features are cached for the floor (the floor's largest count)
 
 
@@ -131,7 +133,7 @@ class Reference:
             figures = {"fid": fid(self.real, train) if fd else None}
             figures["kid"] = kid(self.real, train, self.kid_subset_size)[0]
             saved[key] = figures | {"precision": p, "recall": r, "n": n}
-            _atomic_json(sidecar, saved)
+            atomic_write_text(sidecar, json.dumps(saved, indent=1))
         self.floors[key] = saved[key]
         return self.floors[key]
 
@@ -185,6 +187,33 @@ class Reference:
         return figures, (image_sets[0], dist[:first], index[:first])
 
 
+def evaluation_reference(
+    eval_cfg, data_cfg, datamodule, n: int, *, setting: str = "eval.n_samples", monitored: bool = False, device=None
+) -> Reference:
+    """The one evaluation set-up, shared by training and both `diffexp-evaluate` paths: `eval_cfg`'s feature net
+    (on `device`), the sample count `n` (given by `setting`) checked against its width before any sampling, and
+    the held-out reference of the prepared `datamodule` (built from `data_cfg`).
+
+    eval=dinov2 refuses FD below its width and KID ranks (with `monitored`, training's `eval.monitor=fid` is then
+    refused: the best checkpoint would be chosen by a figure that is not computed); other nets refuse the count.
+    """
+    if eval_cfg.seeds < 1:
+        raise ConfigError(f"eval.seeds={eval_cfg.seeds}: sample at least 1 seed (5 give FID an interval)")
+    net = load_feature_net(eval_cfg.net, data_cfg["channels"], data_cfg["resolution"], eval_cfg.get("model"))
+    if device is not None:
+        net = net.to(device)
+    if eval_cfg.net == "dinov2":
+        held = 0 if datamodule.heldout is None else len(datamodule.heldout)
+        refused = fd_refusal(min(eval_cfg.reference_size or held, held), n, net.num_features, eval_cfg.net)
+        if refused and monitored and eval_cfg.monitor == "fid":
+            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
+        if refused:
+            log.warning(refused)
+    else:
+        check_sample_count(n, net.num_features, eval_cfg.net, setting)
+    return Reference.of_data(datamodule, data_cfg, net, eval_cfg)
+
+
 def _cached_features(path: Path, net, images: dict[str, Tensor], key: str) -> tuple[Tensor, ...]:
     from safetensors.torch import load_file, save_file
 
@@ -192,43 +221,6 @@ def _cached_features(path: Path, net, images: dict[str, Tensor], key: str) -> tu
         saved = load_file(str(path))
         return tuple(saved[k] for k in images)
     feats = {k: net.features(v).contiguous() for k, v in images.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(feats, str(tmp), metadata={"key": key, "feature_net": net.name, "reference": "heldout"})
-    follow_umask(tmp)  # safetensors writes 600: a shared cache must be readable by the user's group
-    tmp.replace(path)  # atomic: parallel sweep jobs never read a half-written file
+    meta = {"key": key, "feature_net": net.name, "reference": "heldout"}
+    write_atomic(path, lambda tmp: save_file(feats, str(tmp), metadata=meta))  # parallel sweep jobs share the cache
     return tuple(feats.values())
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
-def plot_nearest(
-    samples: Tensor, train: Tensor, dist: Tensor, index: Tensor, threshold: float, path: Path, pairs: int = 16
-) -> Path:
-    """The `pairs` samples nearest to a training image, each beside that image, with the distance; a red caption
-    marks a sample under the memorisation threshold. Drawn with PIL (matplotlib's 32 axes took ~10 s on 2 busy
-    cores, at every final evaluation)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from diffexp.plots import save_png, tile
-
-    order = dist.argsort()[: min(pairs, len(dist))].tolist()
-    cols, size, gap, top, caption = 4, 64, 4, 22, 14
-    rows = -(-len(order) // cols)
-    pair_w = 2 * size + gap + 12
-    canvas = Image.new("RGB", (max(cols * pair_w + 8, 640), top + rows * (size + caption + gap) + 4), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=11)
-    title = f"samples (left) beside their nearest training image; red: below the copy threshold {threshold:.2f}"
-    draw.text((6, 4), title, fill="black", font=font)
-    for k, i in enumerate(order):
-        x, y = 6 + (k % cols) * pair_w, top + (k // cols) * (size + caption + gap)
-        copied = float(dist[i]) < threshold
-        draw.text((x, y), f"d={float(dist[i]):.2f}", fill="red" if copied else "black", font=font)
-        draw.text((x + size + gap, y), "train", fill="black", font=font)
-        canvas.paste(tile(samples[i], size), (x, y + caption))
-        canvas.paste(tile(train[index[i]], size), (x + size + gap, y + caption))
-    return save_png(canvas, path)

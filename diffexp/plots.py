@@ -1,18 +1,21 @@
-"""Pictures of the diffusion process, as the course draws them: the forward noising of training images across t
-(`RUN/plots/noising.png`, written when a run starts) and the denoising trajectory of a sampler, x_t beside the
-predicted x0 at a few of its steps (`diffexp-sample run=RUN trajectory=true`).
+"""Every picture of a run (the report's are in `diffexp/report/plots.py`): sample grids, the forward noising of
+training images across t (`RUN/plots/noising.png`) and a sampler's denoising trajectory, as the course draws them;
+samples beside their nearest training images; the loss curve and the noise schedule (`RUN/plots/`); FID against
+network evaluations or the post-hoc EMA width (`RUN/eval/`).
 
-Drawn with PIL, not matplotlib: a grid of 28 matplotlib axes costs ~7 s on a busy 2-core machine, and every run
-draws the noising picture; this costs milliseconds. The training-loss curve (`RUN/plots/loss.png`, one axes, drawn
-once at the end) uses matplotlib.
+Image pictures are drawn with PIL, not matplotlib: a grid of 28 matplotlib axes costs ~7 s on a busy 2-core
+machine, and every run draws the noising picture; this costs milliseconds. Curves (one axes each) use matplotlib.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler
+
+from diffexp.schedule import signal_noise_scales
 
 NOISING_T = (0, 50, 100, 250, 500, 750, 999)  # timesteps shown (scaled to the schedule's length)
 
@@ -117,13 +120,12 @@ def plot_trajectory(
     return save_png(picture, path, info)
 
 
-def plot_losses(steps: list[int], values: list[float], path: Path) -> None:
+def plot_loss_curve(steps: list[int], values: list[float], path: Path) -> None:
     """The loss per step and its running mean, log scale (`RUN/plots/loss.png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     if values:
@@ -137,5 +139,142 @@ def plot_losses(steps: list[int], values: list[float], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2):
+    """uint8 `[N, C, H, W]` -> one PIL image, `nrow` images a row."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / nrow))
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images.cpu().numpy()):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = (
+            img.transpose(1, 2, 0)
+        )
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def save_grid(
+    images: torch.Tensor,
+    path: Path,
+    nrow: int | None = None,
+    scale: int = 1,
+    pad: int = 2,
+    info: dict | None = None,
+) -> Path:
+    """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible; `info` goes
+    into the PNG's text chunks (e.g. step, sampler, steps: what made the grid)."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow, pad)
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    return save_png(grid, path, info)
+
+
+def plot_schedule(scheduler: DDPMScheduler, path: Path) -> None:
+    """Signal and noise scales against t, as the course plots them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    signal, noise = signal_noise_scales(scheduler)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(signal.numpy(), label=r"$\sqrt{\bar\alpha_t}$ (signal)")
+    ax.plot(noise.numpy(), label=r"$\sqrt{1-\bar\alpha_t}$ (noise)")
+    ax.set_xlabel("timestep t")
+    ax.set_title(f"{scheduler.config.beta_schedule}, {scheduler.config.num_train_timesteps} steps")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_nearest(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    dist: torch.Tensor,
+    index: torch.Tensor,
+    threshold: float,
+    path: Path,
+    pairs: int = 16,
+) -> Path:
+    """The `pairs` samples nearest to a training image, each beside that image, with the distance; a red caption
+    marks a sample under the memorisation threshold. Drawn with PIL (matplotlib's 32 axes took ~10 s on 2 busy
+    cores, at every final evaluation)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    order = dist.argsort()[: min(pairs, len(dist))].tolist()
+    cols, size, gap, top, caption = 4, 64, 4, 22, 14
+    rows = -(-len(order) // cols)
+    pair_w = 2 * size + gap + 12
+    canvas = Image.new("RGB", (max(cols * pair_w + 8, 640), top + rows * (size + caption + gap) + 4), "white")
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=11)
+    title = f"samples (left) beside their nearest training image; red: below the copy threshold {threshold:.2f}"
+    draw.text((6, 4), title, fill="black", font=font)
+    for k, i in enumerate(order):
+        x, y = 6 + (k % cols) * pair_w, top + (k // cols) * (size + caption + gap)
+        copied = float(dist[i]) < threshold
+        draw.text((x, y), f"d={float(dist[i]):.2f}", fill="red" if copied else "black", font=font)
+        draw.text((x + size + gap, y), "train", fill="black", font=font)
+        canvas.paste(tile(samples[i], size), (x, y + caption))
+        canvas.paste(tile(train[index[i]], size), (x + size + gap, y + caption))
+    return save_png(canvas, path)
+
+
+def plot_widths(rows: list[dict], path: Path, title: str) -> None:
+    """FID against the post-hoc EMA width, with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["ema_sigma_rel"])
+    x = [r["ema_sigma_rel"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(x, [r["fid"] for r in rows], marker="o")
+    if all(r.get("fid_lo") is not None for r in rows):
+        ax.fill_between(x, [r["fid_lo"] for r in rows], [r["fid_hi"] for r in rows], alpha=0.2, label="95% interval")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("EMA width sigma_rel (post-hoc reconstruction)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_quality(rows: list[dict], path: Path, title: str) -> None:
+    """FID against network evaluations, one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == name)
+        ax.plot(*zip(*mine, strict=True), marker="o", label=name)
+    for name in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r["nfe"], r.get("fid_lo"), r.get("fid_hi")) for r in rows if r["sampler"] == name)
+        if all(lo is not None for _, lo, _ in mine):
+            ax.fill_between([m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine], alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per image")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -16,7 +16,6 @@ every 100 steps by default.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import torch
 
 from diffexp.ema import PowerEMA, SwapWeights, check_sigma_rel, sigma_rel_to_gamma
 from diffexp.errors import ConfigError
-from diffexp.run_folder import follow_umask
+from diffexp.files import write_atomic
 
 SNAPSHOT = re.compile(r"step_(\d+)\.safetensors")
 SELECTION_SEED_OFFSET = 1000  # in-training evaluation chooses the width on seed (eval seed + this), reports on another
@@ -170,12 +169,7 @@ def write_snapshot(folder: Path, step: int, ema: PostHocEMA) -> Path:
         "sigma_rels": json.dumps(ema.sigma_rels),
         "gammas": json.dumps([p.gamma for p in ema.profiles]),
     }
-    path = snapshot_path(folder, step)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    follow_umask(tmp)  # safetensors writes 600
-    tmp.replace(path)
-    return path
+    return write_atomic(snapshot_path(folder, step), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def reconstruct(

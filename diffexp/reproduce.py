@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffexp.config import CONF_DIR, remove_new_folder
 from diffexp.errors import ConfigError, report
-from diffexp.run_folder import atomic_write_text, check_current_keys, provenance, read_losses, read_metrics
+from diffexp.files import atomic_write_text
+from diffexp.record import RunRecord
+from diffexp.run_folder import check_current_keys, provenance, read_losses
 
 log = logging.getLogger("diffexp.reproduce")
 
@@ -73,24 +75,24 @@ def run(cfg: DictConfig) -> dict:
     if not saved.exists():
         raise ConfigError(f"run={cfg.run} has no .hydra/config.yaml: point run= at a diffexp-train run folder")
     check_current_keys(OmegaConf.load(saved), f"run={cfg.run}")
-    recorded = read_metrics(original)
+    recorded = RunRecord.read(original) or RunRecord()
     stop = None
-    if recorded.get("status") == "pruned":  # the same steps, stopped where the study's pruner stopped it
+    if recorded.status == "pruned":  # the same steps, stopped where the study's pruner stopped it
         from diffexp.search import StopAt
 
-        stop = StopAt(recorded["steps"], recorded["images_seen"])
+        stop = StopAt(recorded.steps, recorded.images_seen)
         log.info("run=%s was pruned at %d images (step %d): reproducing those steps", cfg.run,
-                 recorded["images_seen"], recorded["steps"])  # fmt: skip
-    elif recorded.get("status") != "finished":
-        raise ConfigError(f"run={cfg.run} did not finish (status {recorded.get('status')}): resume it first")
+                 recorded.images_seen, recorded.steps)  # fmt: skip
+    elif recorded.status != "finished":
+        raise ConfigError(f"run={cfg.run} did not finish (status {recorded.status}): resume it first")
     recipe = OmegaConf.load(saved)
-    env = recorded.get("environment", {})
+    env = recorded.environment
     recipe.threads = cfg.threads or env.get("threads") or recipe.threads
     recipe.resume = None
     if "optuna" in recipe:  # a search's trial is repeated, never reported to its study again
         recipe.optuna = {"storage": None, "study": None, "trial": None}
     hydra_yaml = original / ".hydra" / "hydra.yaml"
-    choices = dict(OmegaConf.load(hydra_yaml).hydra.runtime.choices) if hydra_yaml.exists() else recorded.get("recipe")
+    choices = dict(OmegaConf.load(hydra_yaml).hydra.runtime.choices) if hydra_yaml.exists() else recorded.recipe
 
     now = provenance() | {"threads": recipe.threads}
     warnings = [
@@ -114,7 +116,7 @@ def run(cfg: DictConfig) -> dict:
             f"max weight difference {result['max_weight_difference']:.3g}"
         )
     )
-    pruned = f"; pruned at {recorded['images_seen']} images, as the original" if stop else ""
+    pruned = f"; pruned at {recorded.images_seen} images, as the original" if stop else ""
     print(f"{verdict} ({result['steps_compared']} steps compared{pruned}); new run: {new}")
     return result
 

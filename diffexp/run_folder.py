@@ -1,16 +1,11 @@
-"""The run folder: what a run records besides its config, written atomically, and only into its own folder."""
+"""The run folder's rules: a run writes only into its own folder; what resuming, a repeated sweep and provenance read
+from it (the figures are `diffexp.record`'s, loading a model `diffexp.loading`'s)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffexp.errors import ConfigError, ForeignFolderError
+from diffexp.record import RunRecord
+from diffexp.runtime import rank
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("diffexp.train")
-
-
-def rank() -> int:
-    """The process rank Lightning's DDP launcher gives; 0 outside DDP."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0") or 0))
-
-
-def free_path(folder: Path, stem: str, suffix: str = ".png") -> Path:
-    """`folder/stem.png`, or `stem-2.png`, `stem-3.png`... whichever does not exist yet: nothing written is
-    overwritten (a suffix of "" names a folder)."""
-    path, k = folder / f"{stem}{suffix}", 2
-    while path.exists():
-        path, k = folder / f"{stem}-{k}{suffix}", k + 1
-    return path
 
 
 def holds_run(folder: Path) -> bool:
@@ -64,77 +47,6 @@ def check_current_keys(recipe: Any, setting: str) -> None:
             f"{setting}: saved by an older diffexp whose EMA/warm-up keys changed ({', '.join(old)}; now ema=power "
             f"with ema.sigma_rel, or ema=none, and optim.warmup as a share of the run): train it anew"
         )
-
-
-def umask() -> int:
-    """The process's umask, read without changing it (Linux's /proc; elsewhere set and restored at once)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def follow_umask(path: Path) -> Path:
-    """Gives `path` (and everything under a folder) the modes a plain `open`/`mkdir` would: files written through
-    mkstemp/mkdtemp or by safetensors get 600/700 whatever the umask, so colleagues could not read a run."""
-    path, mask = Path(path), umask()
-    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    for p in paths:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `path` through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        follow_umask(Path(tmp))  # mkstemp makes 600; the mode is set before the rename
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yields a temporary folder beside `path`; on success it replaces `path` whole, else it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        follow_umask(tmp)  # mkdtemp makes 700 and safetensors writes 600: set the modes before the rename
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_metrics(folder: Path) -> dict[str, Any]:
-    """A run's `metrics.json` (empty where the run has none yet: refused, or killed before it started)."""
-    path = Path(folder) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def update_metrics(folder: Path, **fields: Any) -> dict[str, Any]:
-    """Merges `fields` into `metrics.json` (atomically) and returns the whole record."""
-    record = read_metrics(folder) | fields
-    atomic_write_text(Path(folder) / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
-    return record
 
 
 def read_losses(path: Path) -> dict[int, tuple[float, float]]:
@@ -174,76 +86,6 @@ def provenance() -> dict[str, Any]:
     }
 
 
-class LoadedRun:
-    """A trained model read back from a run folder or a pipeline folder."""
-
-    def __init__(self, unet, scheduler, config: dict, source: Path, step: int | None = None) -> None:
-        self.unet, self.scheduler, self.config, self.source = unet, scheduler, config, source
-        self.step = step  # the training step of a checkpoint's weights (None for a pipeline folder)
-
-
-def load_run(folder: Path) -> LoadedRun:
-    """Reads the UNet (EMA weights where EMA was on) and training scheduler of a run or pipeline folder.
-
-    A finished run's `pipeline/` is used; an unfinished one's `checkpoints/last.ckpt` (loaded with
-    `weights_only=True`, so it executes no code).
-    """
-    folder = Path(folder).expanduser()
-    pipeline = folder if (folder / "model_index.json").exists() else folder / "pipeline"
-    if (pipeline / "model_index.json").exists():
-        from diffusers import DDPMPipeline
-
-        if not any((pipeline / "unet").glob("*.safetensors")):
-            raise ConfigError(f"run={folder}: {pipeline / 'unet'} has no safetensors weights: export it again")
-        from diffusers.utils import logging as diffusers_logging
-
-        bar = diffusers_logging.is_progress_bar_enabled()
-        diffusers_logging.disable_progress_bar()  # a bar for loading two small components is noise
-        try:
-            # low_cpu_mem_usage=False: what diffusers falls back to without accelerate, minus its warning each time
-            pipe = DDPMPipeline.from_pretrained(pipeline, use_safetensors=True, low_cpu_mem_usage=False)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"run={folder}: the pipeline in {pipeline} does not load ({e}): export it again") from e
-        finally:
-            if bar:
-                diffusers_logging.enable_progress_bar()
-        config_file = pipeline / "diffexp_config.json"
-        config = json.loads(config_file.read_text()) if config_file.exists() else {}
-        return LoadedRun(pipe.unet.eval(), pipe.scheduler, config, pipeline)
-    ckpt = folder / "checkpoints" / "last.ckpt"
-    if ckpt.exists():
-        return load_checkpoint(ckpt, folder)
-    raise ConfigError(
-        f"run={folder} is neither a run folder (with pipeline/ or checkpoints/last.ckpt) nor a diffusers pipeline "
-        f"folder (with model_index.json): point run= at one"
-    )
-
-
-def load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
-    """A checkpoint's averaged weights (EMA where the run used it; ema=posthoc: its width in use)."""
-    from diffexp.config import instantiate
-
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        config = state["diffexp_config"]
-    except Exception as e:  # a truncated or foreign file: torch raises several kinds
-        raise ConfigError(
-            f"run={folder}: {ckpt} is not a readable diffexp checkpoint ({type(e).__name__}): resume or retrain the run"
-        ) from e
-    unet = instantiate(config["model"], _convert_="all")
-    weights = {k.removeprefix("unet."): v for k, v in state["state_dict"].items() if k.startswith("unet.")}
-    unet.load_state_dict(weights)
-    if "ema" in state:
-        shadows = state["ema"].get("shadow_params")
-        if state["ema"].get("kind") == "posthoc":  # the width in use, reconstructed from the run's snapshots
-            from diffexp.posthoc import checkpoint_average
-
-            shadows = checkpoint_average(state["ema"], folder / "ema", [n for n, _ in unet.named_parameters()])
-        for p, shadow in zip(unet.parameters(), shadows, strict=True):
-            p.data.copy_(shadow)
-    return LoadedRun(unet.eval(), instantiate(config["schedule"]), config, ckpt, state.get("global_step"))
-
-
 def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     """For a sweep job whose folder exists: its recorded figure if it finished, None if it must resume."""
     saved = run_dir / ".hydra" / "overrides.yaml"
@@ -256,12 +98,12 @@ def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     config = run_dir / ".hydra" / "config.yaml"
     if config.exists():
         check_current_keys(OmegaConf.load(config), f"the sweep job {run_dir} (give the sweep a new tag=)")
-    record = read_metrics(run_dir)
-    if record.get("status") not in ("finished", "pruned"):
+    record = RunRecord.read(run_dir)
+    if record is None or record.status not in ("finished", "pruned"):
         log.info("resuming unfinished job %s", run_dir)
         return None
-    log.info("skipping %s job %s", record["status"], run_dir)
-    return record["objective"]
+    log.info("skipping %s job %s", record.status, run_dir)
+    return record.objective
 
 
 RESUME_SETTINGS = ("resume", "verbose")  # what `resume=DIR` may be given besides; the recipe is the saved one

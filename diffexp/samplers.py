@@ -8,9 +8,7 @@ timestep. All share one signature: `Sampler(unet, train_scheduler, noise, genera
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -113,6 +111,13 @@ def predicted_x0(scheduler: SchedulerMixin, model_output: torch.Tensor, t, x_t: 
     return x0_from_output(model_output, x_t, a.sqrt(), (1 - a).sqrt(), scheduler.config.prediction_type)
 
 
+def check_steps(steps: int, train_scheduler: DDPMScheduler, setting: str = "sampler.steps") -> None:
+    """A sampler cannot take more steps than the model has training timesteps."""
+    total = train_scheduler.config.num_train_timesteps
+    if steps > total:
+        raise ConfigError(f"{setting}={steps} exceeds the model's {total} training timesteps: use {setting}<={total}")
+
+
 class Sampler:
     """A named sampler with its number of steps.
 
@@ -153,11 +158,7 @@ class Sampler:
         trajectory: list | None = None,
     ) -> torch.Tensor:
         """Samples from `noise`; `trajectory` (a list) records the first batch's steps (see `sample`)."""
-        if self.steps > train_scheduler.config.num_train_timesteps:
-            raise ConfigError(
-                f"sampler.steps={self.steps} exceeds the {train_scheduler.config.num_train_timesteps} training "
-                f"timesteps: use sampler.steps<={train_scheduler.config.num_train_timesteps}"
-            )
+        check_steps(self.steps, train_scheduler)
         scheduler = sampling_scheduler(self.name, train_scheduler, **self.scheduler_options)
         chunks = [
             sample(unet, scheduler, chunk, self.steps, generator, progress, trajectory if i == 0 else None,
@@ -175,46 +176,6 @@ def seeded_noise(
     of the starting noise, as it would be from a second generator with the same seed."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, channels, resolution, resolution, generator=g).to(device), g
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2):
-    """uint8 `[N, C, H, W]` -> one PIL image, `nrow` images a row."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / nrow))
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images.cpu().numpy()):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = (
-            img.transpose(1, 2, 0)
-        )
-    return Image.fromarray(grid[..., 0] if c == 1 else grid)
-
-
-def save_grid(
-    images: torch.Tensor,
-    path: Path,
-    nrow: int | None = None,
-    scale: int = 1,
-    pad: int = 2,
-    info: dict | None = None,
-) -> Path:
-    """Saves a PNG grid; `scale` enlarges small images with nearest-neighbour so pixels stay visible; `info` goes
-    into the PNG's text chunks (e.g. step, sampler, steps: what made the grid)."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    grid = image_grid(images, nrow, pad)
-    if scale > 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = PngInfo()
-    for key, value in (info or {}).items():
-        text.add_text(str(key), str(value))
-    grid.save(path, pnginfo=text)
-    return path
 
 
 def describe(info: dict) -> str:

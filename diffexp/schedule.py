@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import DDPMScheduler
 
@@ -65,21 +63,3 @@ def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return a / (1 - a).clamp(min=1e-12)
 
 
-def plot_schedule(scheduler: DDPMScheduler, path: Path) -> None:
-    """Signal and noise scales against t, as the course plots them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    signal, noise = signal_noise_scales(scheduler)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(signal.numpy(), label=r"$\sqrt{\bar\alpha_t}$ (signal)")
-    ax.plot(noise.numpy(), label=r"$\sqrt{1-\bar\alpha_t}$ (noise)")
-    ax.set_xlabel("timestep t")
-    ax.set_title(f"{scheduler.config.beta_schedule}, {scheduler.config.num_train_timesteps} steps")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -20,6 +20,7 @@ from diffexp.diffusion import check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError
 from diffexp.posthoc import check_posthoc
+from diffexp.runtime import on_gpu
 from diffexp.search import trial_keys
 
 
@@ -190,21 +191,6 @@ def validate(cfg: DictConfig) -> None:
 
 
 MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classifier feature nets (digits) only
-
-
-def on_gpu(cfg: DictConfig) -> bool:
-    """Whether this run trains on a GPU, which decides the `speed.*` switches set to `auto`."""
-    return cfg.trainer.accelerator in ("gpu", "cuda") or (
-        cfg.trainer.accelerator == "auto" and torch.cuda.is_available()
-    )
-
-
-def speed(cfg: DictConfig, name: str) -> bool:
-    """A `speed.*` switch; `auto` means on when training on a GPU."""
-    if name not in cfg.speed or cfg.speed[name] not in ("auto", True, False):
-        raise ConfigError(f"speed.{name}={cfg.speed.get(name)}: use true, false or auto")
-    value = cfg.speed[name]
-    return on_gpu(cfg) if value == "auto" else bool(value)
 
 
 # Settings with a least value (a None is their own "off" or "default"): key, least, the fix the refusal suggests.

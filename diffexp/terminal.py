@@ -46,24 +46,6 @@ def quiet(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def wandb_settings(verbose: bool) -> dict:
-    """WandbLogger arguments: W&B's start and end banners (a 20-line summary) only when verbose; diffexp prints
-    where the W&B run is at the end."""
-    if verbose:
-        return {}
-    import wandb
-
-    return {"settings": wandb.Settings(quiet=True, silent=True)}
-
-
-def drop_anonymous(logger) -> None:
-    """Lightning's WandbLogger always passes `anonymous=None`, which W&B 0.31 warns about on every run; W&B ignores
-    the setting anyway."""
-    init = getattr(logger, "_wandb_init", None)
-    if isinstance(init, dict) and init.get("anonymous") is None:
-        init.pop("anonymous", None)
-
-
 class RunProgress(pl.callbacks.ProgressBar):
     """One bar for the whole run: steps of the total, images seen of the total, rate, ETA and the (smoothed) loss.
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,37 +22,49 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
-from diffexp.callbacks import Evaluate, LossHistory, SampleGrid
+from diffexp.callbacks import Evaluate, LossHistory, run_callbacks
 from diffexp.config import CONF_DIR, flatten, instantiate, remove_new_folder
 from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
+from diffexp.files import atomic_write_text
+from diffexp.heldout import evaluation_reference
+from diffexp.loggers import finish_wandb, make_logger, new_id
 from diffexp.metrics import HIGHER_IS_BETTER
-from diffexp.plots import plot_losses, plot_noising
+from diffexp.plots import plot_loss_curve, plot_noising, plot_schedule
 from diffexp.posthoc import Snapshots
-from diffexp.run_folder import (
-    atomic_write_text,
-    check_own_folder,
-    earlier_job,
-    holds_run,
-    provenance,
-    rank,
-    read_metrics,
-    saved_recipe,
-    update_metrics,
-)
+from diffexp.record import RunRecord
+from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
+from diffexp.runtime import Speed, rank, set_threads
 from diffexp.samplers import Sampler
-from diffexp.schedule import plot_schedule
-from diffexp.schema import check, speed, validate
+from diffexp.schema import check, validate
 from diffexp.search import trial_keys
-from diffexp.terminal import RunProgress, drop_anonymous, quiet, wandb_settings
+from diffexp.terminal import quiet
 
 log = logging.getLogger("diffexp.train")
 
 
+@dataclass
+class Training:
+    """What `build` makes for `fit` and `record`: the run's folder and recipe and its Lightning pieces."""
+
+    cfg: DictConfig
+    run_dir: Path
+    config: dict  # the resolved recipe with the group choices (checkpoints, W&B, the model card)
+    record: RunRecord
+    datamodule: pl.LightningDataModule
+    module: DiffusionModule
+    trainer: pl.Trainer
+    losses: LossHistory
+    evaluate: Evaluate | None
+    trial: pl.Callback | None
+    logger: pl.loggers.Logger | None
+    resuming: bool
+
+
 def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None:
-    """Trains the recipe `cfg` into Hydra's output folder.
+    """Trains the recipe `cfg` into Hydra's output folder: build, fit, record.
 
     `choices` (the option picked in each config group) defaults to this Hydra job's; `reproduce` passes the
     original run's, and for a pruned trial `stop` (a `diffexp.search.StopAt` where the pruner stopped it).
@@ -74,61 +86,80 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     check_own_folder(run_dir, resuming)
     validate(cfg)
     check(cfg)
+    if choices is None:
+        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    training = build(cfg, run_dir, choices, resuming, stop)
+    if not fit(training):
+        return None  # DDP's other ranks: rank 0 records
+    return record(training)
+
+
+def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=None) -> Training:
+    """Every piece of the run, in an order that keeps CPU runs bit for bit (the data, sampler and evaluation are
+    built before the UNet draws its initial weights); bad data, samplers and eval settings fail here, before
+    anything is written."""
     verbose = bool(cfg.get("verbose"))  # recipes saved before the key have none
     quiet(verbose)
     log.info("run folder: %s", run_dir)
-
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    threads = set_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=verbose)
-    if speed(cfg, "tf32"):
+    speed = Speed.of(cfg)
+    if speed.tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed(cfg, "data_on_device"))
+    datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed.data_on_device)
     datamodule.prepare()  # bad data fails here, before anything is built or written
     sampler = instantiate(cfg.sampler)  # so does a bad sampler
     evaluate = _evaluation(cfg, datamodule, sampler, run_dir)  # and a bad eval setting
-    unet = instantiate(cfg.model, _convert_="all")
-    scheduler = instantiate(cfg.schedule)
-
-    if choices is None:
-        choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
-    module = DiffusionModule(
-        unet,
-        scheduler,
-        instantiate(cfg.optim.optimizer, **({"fused": True} if speed(cfg, "fused_adamw") else {})),
-        warmup=cfg.optim.warmup,
-        lr_decay=cfg.optim.decay,
-        ema=instantiate(cfg.ema) if cfg.ema else None,
-        snr_gamma=cfg.loss.snr_gamma,
-        channels_last=speed(cfg, "channels_last"),
-        compile=cfg.speed.compile,
-        seed=cfg.seed,
-        config=config,
-    )
-    parameters = sum(p.numel() for p in unet.parameters())
-    record = read_metrics(run_dir) if resuming else {}
+    module = _module(cfg, speed, config)
+    parameters = sum(p.numel() for p in module.unet.parameters())
     recipe = ", ".join(f"{g}={choices[g]}" for g in ("data", "model", "schedule", "ema", "sampler") if g in choices)
-    log.info("%s (%s parameters), seed %d, %d threads", recipe, f"{parameters:,}", cfg.seed, torch.get_num_threads())
+    log.info("%s (%s parameters), seed %d, %d threads", recipe, f"{parameters:,}", cfg.seed, threads)
+    record = (RunRecord.read(run_dir) if resuming else None) or RunRecord()
     if rank() == 0:
-        record = update_metrics(
+        record = RunRecord.update(
             run_dir,
             status="running",
             parameters=parameters,
             recipe=choices,
             environment=provenance(),
-            wandb_id=record.get("wandb_id") or _new_id(),
+            wandb_id=record.wandb_id or new_id(),
         )
-        plot_schedule(scheduler, run_dir / "plots" / "schedule.png")
-        plot_noising(scheduler, datamodule.images[:4], run_dir / "plots" / "noising.png", seed=cfg.seed)
-
+        plot_schedule(module.scheduler, run_dir / "plots" / "schedule.png")
+        plot_noising(module.scheduler, datamodule.images[:4], run_dir / "plots" / "noising.png", seed=cfg.seed)
     losses = LossHistory(run_dir / "losses.csv")
-    callbacks = train_callbacks(cfg, run_dir, losses, sampler, evaluate)
+    callbacks = run_callbacks(cfg, run_dir, losses, sampler, evaluate)
     if cfg.ema and "sigma_rels" in cfg.ema:  # ema=posthoc: its snapshots in RUN/ema/
         callbacks.append(Snapshots(run_dir / "ema", module.ema, cfg.data.batch_size))
-    trial = stop or _trial_report(cfg, evaluate, hydra_cfg)
+    trial = stop or _trial_report(cfg, evaluate, HydraConfig.get())
     if trial is not None:
         callbacks.append(trial)
-    logger = _logger(cfg, run_dir, choices, record.get("wandb_id"), hydra_cfg)
+    logger = make_logger(cfg, run_dir, choices, record.wandb_id, HydraConfig.get())
+    trainer = _trainer(cfg, run_dir, config, callbacks, logger)
+    parts = (datamodule, module, trainer, losses, evaluate, trial, logger)
+    return Training(cfg, run_dir, config, record, *parts, resuming)
+
+
+def _module(cfg: DictConfig, speed: Speed, config: dict) -> DiffusionModule:
+    """The UNet (its initial weights drawn here), the noise schedule and the optimisation, as one LightningModule."""
+    return DiffusionModule(
+        instantiate(cfg.model, _convert_="all"),
+        instantiate(cfg.schedule),
+        instantiate(cfg.optim.optimizer, **({"fused": True} if speed.fused_adamw else {})),
+        warmup=cfg.optim.warmup,
+        lr_decay=cfg.optim.decay,
+        ema=instantiate(cfg.ema) if cfg.ema else None,
+        snr_gamma=cfg.loss.snr_gamma,
+        channels_last=speed.channels_last,
+        compile=cfg.speed.compile,
+        seed=cfg.seed,
+        config=config,
+    )
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, config: dict, callbacks: list, logger) -> pl.Trainer:
+    """The Lightning Trainer; a budget in images sets its steps (so recipes with other batch sizes get the same
+    compute), recorded in the config the checkpoints and the card carry."""
     trainer = instantiate(
         cfg.trainer,
         logger=logger or False,
@@ -136,60 +167,62 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
         default_root_dir=run_dir,
         gradient_clip_val=cfg.optim.grad_clip,  # the optim group owns the whole optimisation
     )
-    if cfg.budget.images:  # a budget in images seen, so recipes with other batch sizes get the same compute
+    if cfg.budget.images:
         steps = math.ceil(cfg.budget.images / (cfg.data.batch_size * trainer.world_size))
         trainer.fit_loop.epoch_loop.max_steps = steps
         _record_steps(run_dir, config, steps)
     if logger:
         logger.log_hyperparams(flatten(config))
+    return trainer
 
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if resuming and ckpt.exists():
+
+def fit(t: Training) -> bool:
+    """Trains (from the last checkpoint when resuming) and saves the final state; True on the rank that records."""
+    ckpt = t.run_dir / "checkpoints" / "last.ckpt"
+    resume_from = ckpt if t.resuming and ckpt.exists() else None
+    if resume_from:
         log.info("resuming from %s", ckpt)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt if resuming and ckpt.exists() else None)
-    trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints (all ranks)
-    if not trainer.is_global_zero:
-        return None
+    t.trainer.fit(t.module, datamodule=t.datamodule, ckpt_path=resume_from)
+    t.trainer.save_checkpoint(ckpt)  # the final state, even when the last step fell between checkpoints (all ranks)
+    t.record.train_seconds = round(time.perf_counter() - start + (t.record.train_seconds or 0), 2)
+    return t.trainer.is_global_zero
 
+
+def record(t: Training) -> float:
+    """The run's figures into `metrics.json`, the loss plot, the pipeline export and the W&B summary."""
+    cfg, trainer, losses = t.cfg, t.trainer, t.losses
     losses.save()
     steps, values = losses.losses()
-    pruned = trial is not None and trial.pruned_at is not None
+    pruned = t.trial is not None and t.trial.pruned_at is not None
     summary = {
         "status": "failed" if losses.failure else "pruned" if pruned else "finished",
-        "reason": losses.failure or (f"pruned by the study's pruner at {trial.pruned_at} images" if pruned else None),
+        "reason": losses.failure
+        or (f"pruned by the study's pruner at {t.trial.pruned_at} images" if pruned else None),
         "steps": trainer.global_step,
         "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
         "images_seen": trainer.global_step * cfg.data.batch_size * trainer.world_size,
-        "train_seconds": round(time.perf_counter() - start + record.get("train_seconds", 0), 2),
+        "train_seconds": t.record.train_seconds,
     }
-    if evaluate is not None and evaluate.history:
+    if t.evaluate is not None and t.evaluate.history:
         monitor, sign = cfg.eval.monitor, (-1 if HIGHER_IS_BETTER.get(cfg.eval.monitor) else 1)
-        best = min(evaluate.history, key=lambda h: sign * h[monitor]) if monitor else None
-        summary |= {"eval": evaluate.history[-1], "eval_best": best, "eval_history": evaluate.history}
+        best = min(t.evaluate.history, key=lambda h: sign * h[monitor]) if monitor else None
+        summary |= {"eval": t.evaluate.history[-1], "eval_best": best, "eval_history": t.evaluate.history}
     monitored = "eval" in summary and cfg.eval.monitor
     summary["objective"] = summary["eval"][cfg.eval.monitor] if monitored else summary["final_loss"]
     summary["objective_name"] = f"eval/{cfg.eval.monitor}" if monitored else "final_loss"
-    plot_losses(steps, values, run_dir / "plots" / "loss.png")
-    record = update_metrics(run_dir, **summary)
+    plot_loss_curve(steps, values, t.run_dir / "plots" / "loss.png")
+    saved = RunRecord.update(t.run_dir, **summary)
     if not losses.failure:
-        grids = sorted((run_dir / "samples").glob("step_*.png"))
-        with module.ema_weights() as ema_unet:
+        grids = sorted((t.run_dir / "samples").glob("step_*.png"))
+        with t.module.ema_weights() as ema_unet:
             grid = grids[-1] if grids else None
-            export_pipeline(ema_unet, scheduler, run_dir / "pipeline", config, record, grid, run_dir=run_dir)
-    offline_wandb = None
-    if isinstance(logger, pl.loggers.WandbLogger):
-        offline_wandb = Path(logger.experiment.dir).parent if logger.experiment.offline else None
-        flat = flatten({k: v for k, v in summary.items() if k != "eval_history" and v is not None})
-        logger.experiment.summary.update(flat | {"parameters": parameters})
-        if pruned:
-            logger.experiment.tags = (*logger.experiment.tags, "pruned")
-        import wandb
-
-        wandb.finish(exit_code=1 if losses.failure else 0)
+            pipeline = t.run_dir / "pipeline"
+            export_pipeline(ema_unet, t.module.scheduler, pipeline, t.config, saved, grid, run_dir=t.run_dir)
+    offline_wandb = finish_wandb(t.logger, summary, saved.parameters, pruned, failed=bool(losses.failure))
     if losses.failure:
         raise ConfigError(losses.failure)
-    _log_summary(summary, cfg, run_dir, offline_wandb)
+    _log_summary(summary, cfg, t.run_dir, offline_wandb)
     return summary["objective"]
 
 
@@ -223,24 +256,7 @@ def _evaluation(cfg: DictConfig, datamodule, sampler, run_dir: Path) -> Evaluate
         if images is None:
             return None
         return Evaluate(None, None, 0, cfg.eval.every_n_steps, batch_size=cfg.data.batch_size, denoise_images=images)
-    from diffexp.features import load_feature_net
-    from diffexp.heldout import Reference
-    from diffexp.metrics import check_sample_count, fd_refusal
-
-    if cfg.eval.seeds < 1:
-        raise ConfigError(f"eval.seeds={cfg.eval.seeds}: sample at least 1 seed (5 give FID an interval)")
-    net = load_feature_net(cfg.eval.net, cfg.data.channels, cfg.data.resolution, cfg.eval.get("model"))
-    if cfg.eval.net == "dinov2":  # below its feature count FD is refused and KID ranks (before any work starts)
-        n_held = 0 if held is None else len(held)
-        n_real = min(cfg.eval.reference_size or n_held, n_held)
-        refused = fd_refusal(n_real, cfg.eval.n_samples, net.num_features, cfg.eval.net)
-        if refused and cfg.eval.monitor == "fid":
-            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
-        if refused:
-            log.warning(refused)
-    else:
-        check_sample_count(cfg.eval.n_samples, net.num_features, cfg.eval.net)
-    reference = Reference.of_data(datamodule, cfg.data, net, cfg.eval)
+    reference = evaluation_reference(cfg.eval, cfg.data, datamodule, cfg.eval.n_samples, monitored=True)
     fast = Sampler(cfg.eval.sampler, cfg.eval.sampler_steps, batch_size=sampler.batch_size)
     return Evaluate(
         reference,
@@ -269,43 +285,6 @@ def _trial_report(cfg: DictConfig, evaluate: Evaluate | None, hydra_cfg):
     return TrialReport(evaluate, keys.storage, keys.study, keys.trial, cfg.eval.monitor)
 
 
-def train_callbacks(
-    cfg: DictConfig, run_dir: Path, losses: LossHistory, sampler: Sampler, evaluate: Evaluate | None
-) -> list:
-    """Checkpoints (last; best by `eval.monitor` when `checkpoint.keep_best`), preview grids, the loss record, the
-    evaluation."""
-    checkpoints = run_dir / "checkpoints"
-    callbacks = [
-        RunProgress(cfg.data.batch_size),
-        pl.callbacks.ModelCheckpoint(
-            dirpath=checkpoints,
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=cfg.checkpoint.every_n_steps,
-            save_on_train_epoch_end=False,
-        ),
-        SampleGrid(run_dir / "samples", sampler, cfg.preview.every_n_steps, cfg.preview.n, cfg.preview.seed),
-        losses,
-    ]
-    if evaluate is not None:
-        callbacks.append(evaluate)
-        if cfg.eval.monitor and cfg.checkpoint.get("keep_best"):
-            callbacks.append(
-                pl.callbacks.ModelCheckpoint(
-                    dirpath=checkpoints,
-                    filename="best",
-                    monitor=f"eval/{cfg.eval.monitor}",
-                    mode="max" if HIGHER_IS_BETTER.get(cfg.eval.monitor) else "min",
-                    save_top_k=1,
-                    auto_insert_metric_name=False,
-                    enable_version_counter=False,
-                    every_n_train_steps=1,  # compares only; it writes when a new evaluation beats the best
-                    save_on_train_epoch_end=False,
-                )
-            )
-    return callbacks
-
-
 def _record_steps(run_dir: Path, config: dict, steps: int) -> None:
     """The steps a budget decided, in the config that checkpoints, W&B and the model card carry, and in the run's
     saved `.hydra/config.yaml` (reproduction reads it, with its budget, and gets the same steps)."""
@@ -319,41 +298,13 @@ def _record_steps(run_dir: Path, config: dict, steps: int) -> None:
         atomic_write_text(saved, OmegaConf.to_yaml(recipe))
 
 
-def _new_id() -> str:
-    import secrets
-
-    return secrets.token_hex(4)
-
-
-def _logger(cfg: DictConfig, run_dir: Path, choices: dict, wandb_id: str | None, hydra_cfg):
-    """The configured Lightning logger; W&B runs get an id kept across resumes, a sweep group and recipe tags."""
-    if not cfg.logger:
-        return None
-    if cfg.logger._target_.endswith("WandbLogger"):
-        multirun = hydra_cfg.mode == RunMode.MULTIRUN
-        tags = [f"{g}={choices[g]}" for g in ("model", "schedule", "data") if g in choices]
-        tags.append(f"prediction={cfg.schedule.prediction_type}")
-        logger = instantiate(
-            cfg.logger,
-            id=wandb_id,
-            resume="allow",
-            group=Path(hydra_cfg.sweep.dir).name if multirun else None,
-            name=f"{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}" if multirun else run_dir.name,
-            tags=tags,
-            **wandb_settings(bool(cfg.get("verbose"))),
-        )
-        drop_anonymous(logger)
-        return logger
-    return instantiate(cfg.logger)
-
-
 def _record_failure(run_dir: Path, multirun: bool, reason: str) -> None:
     """A failed run says why in its metrics.json, and its W&B run is marked failed.
 
     A single run refused before any work is not recorded (`errors.report`); a sweep job always records.
     """
     if rank() == 0 and (multirun or (run_dir / "metrics.json").exists()):
-        update_metrics(run_dir, status="failed", reason=reason)
+        RunRecord.update(run_dir, status="failed", reason=reason)
     import wandb
 
     if wandb.run is not None:

@@ -11,7 +11,8 @@ from diffusers import DDPMPipeline
 
 from diffexp.errors import ConfigError
 from diffexp.export import export_pipeline
-from diffexp.run_folder import load_run
+from diffexp.loading import load_run
+from diffexp.record import RunRecord
 from diffexp.train import run
 from wandb_records import read_run
 
@@ -46,7 +47,9 @@ def test_a_crash_during_export_keeps_the_previous_export(tiny_cfg, tmp_path):
         p.data.add_(1.0)  # a different model, so a half-written export would show
     # A real failure after the weights are written: the sample grid to copy is a folder.
     with pytest.raises(IsADirectoryError):
-        export_pipeline(loaded.unet, loaded.scheduler, folder / "pipeline", loaded.config, {}, grid=folder / "samples")
+        export_pipeline(
+            loaded.unet, loaded.scheduler, folder / "pipeline", loaded.config, RunRecord(), grid=folder / "samples"
+        )
     after = {p.relative_to(folder): p.read_bytes() for p in (folder / "pipeline").rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in folder.iterdir() if p.name.startswith(".pipeline")]  # no temporary folders left

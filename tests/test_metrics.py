@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from diffexp.data import DigitsDataModule, digits_images, digits_labels
 from diffexp.errors import ConfigError
 from diffexp.features import MANIFEST, WEIGHTS, heldout_split, load_digits_net, load_feature_net
-from diffexp.heldout import Reference, plot_nearest
+from diffexp.heldout import Reference
 from diffexp.metrics import (
     check_sample_count,
     class_figures,
@@ -27,6 +27,7 @@ from diffexp.metrics import (
     reference_indices,
     score,
 )
+from diffexp.plots import plot_nearest
 from diffexp.stats import mean_interval
 
 torch.set_num_threads(2)

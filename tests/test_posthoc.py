@@ -53,7 +53,7 @@ def test_reconstruction_at_0_07_is_near_a_tracked_power_ema(tmp_path):
     # A run read back from its checkpoint (as an unfinished one is) holds the width in use, as its pipeline does.
     from diffusers import DDPMPipeline
 
-    from diffexp.run_folder import load_checkpoint
+    from diffexp.loading import load_checkpoint
 
     folder = tmp_path / "posthoc"
     restored = load_checkpoint(folder / "checkpoints" / "last.ckpt", folder).unet

@@ -7,8 +7,8 @@ import torch
 
 from diffexp.data import digits_images, to_uint8
 from diffexp.features import load_feature_net
+from diffexp.loading import load_run
 from diffexp.metrics import fid
-from diffexp.run_folder import load_run
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
 from diffexp.train import run
 

@@ -117,9 +117,9 @@ def test_a_pruned_trial_ends_cleanly_and_a_rerun_counts_it_as_done(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(study(tmp_path).trials) == 1 and len(list(sweep.glob("trial-*"))) == 1
 
-    from diffexp.report.runs import load_run
+    from diffexp.report.runs import run_row
 
-    listed = load_run(folder)
+    listed = run_row(folder)
     assert listed["status"] == "pruned" and "pruned" in listed["reason"]
 
 

@@ -179,7 +179,8 @@ def test_a_sweep_job_folder_is_skipped_resumed_or_refused_by_what_it_holds(tmp_p
     from omegaconf import OmegaConf
 
     from diffexp.errors import ForeignFolderError
-    from diffexp.run_folder import earlier_job, update_metrics
+    from diffexp.record import RunRecord
+    from diffexp.run_folder import earlier_job
 
     job = tmp_path / "0"
     (job / ".hydra").mkdir(parents=True)
@@ -187,5 +188,5 @@ def test_a_sweep_job_folder_is_skipped_resumed_or_refused_by_what_it_holds(tmp_p
     with pytest.raises(ForeignFolderError, match=r"holds another recipe \(model=tiny, optim.optimizer.lr=1e-3\)"):
         earlier_job(job, ["model=tiny", "optim.optimizer.lr=2e-3"])
     assert earlier_job(job, ["model=tiny", "optim.optimizer.lr=1e-3"]) is None  # nothing finished: resume
-    update_metrics(job, status="finished", objective=7.5)
+    RunRecord.update(job, status="finished", objective=7.5)
     assert earlier_job(job, ["model=tiny", "optim.optimizer.lr=1e-3"]) == 7.5  # finished: skipped, its figure

@@ -245,7 +245,7 @@ def test_a_budget_writes_its_steps_into_the_saved_config_and_the_card(tiny_cfg, 
 @pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
 def test_zero_snr_trains_and_every_sampler_samples_finite_images(prediction, tiny_cfg, tmp_path):
     from diffexp.config import options
-    from diffexp.run_folder import load_run
+    from diffexp.loading import load_run
     from diffexp.samplers import seeded_noise
 
     # min-SNR weighting on (loss.snr_gamma=5): with v and x0 targets its weight is 0, not 0/0, at SNR 0.

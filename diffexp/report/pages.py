@@ -19,6 +19,22 @@ RECIPES = ["size", "recipe", "verdict", "{m} mean", "{m} 95% CI", "vs best", "se
 POSTHOC = ["post-hoc EMA width", "{m} at fixed EMA"]  # ema=posthoc runs: the chosen width(s), the figure without it
 
 
+def shown(rows: list[dict], metric: str, recipes: bool = False) -> list[dict]:
+    """Copies of leaderboard (or, with `recipes`, recipe) rows with the columns the pages show, named after the
+    metric; the rows the report computes with keep their own names."""
+    out = []
+    for r in rows:
+        names = {f"{metric} 95% CI": r["ci"], "post-hoc EMA width": r["ema_sigma_rel"]}
+        names[f"{metric} at fixed EMA"] = r["fixed"]
+        if recipes:
+            names |= {f"{metric} mean": r["mean"], f"{metric} std": r["std"]}
+        else:
+            names |= {"run": r["name"], metric: r["value"], f"best {metric}": r["best"]}
+            names["overrides"] = " ".join(r["overrides"])
+        out.append(r | names)
+    return out
+
+
 def columns_for(template: list[str], metric: str, posthoc: bool = False) -> list[str]:
     """The table's columns named after the metric (ranking by final_loss needs no second loss column); with
     `posthoc`, the chosen post-hoc EMA width and the figure at the recipe's fixed width follow the figure's interval."""

@@ -93,7 +93,7 @@ def loss_curve(path: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in rows], [loss for _, (loss, _) in rows]
 
 
-def plot_losses(runs: list[dict], path: Path) -> None:
+def plot_run_losses(runs: list[dict], path: Path) -> None:
     """Every run's training loss curve, one colour per recipe (its seeds share it), one line style per model size;
     log scale when losses span a decade or more."""
     import matplotlib.pyplot as plt

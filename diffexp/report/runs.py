@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from diffexp.errors import ConfigError
+from diffexp.record import RunRecord
 
 # Settings that do not change what a run learns (the seed is averaged over instead), and group choices that are no
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).
@@ -69,23 +70,24 @@ def _logged_error(folder: Path) -> str | None:
     return errors[-1] if errors else None
 
 
-def load_run(folder: Path) -> dict[str, Any]:
+def run_row(folder: Path) -> dict[str, Any]:
     """One run folder as a flat record; a job without metrics.json (its config was rejected) is a failed run."""
     folder = Path(folder)
     config = _yaml(folder / ".hydra" / "config.yaml") or {}
     overrides = [o for o in _yaml(folder / ".hydra" / "overrides.yaml") or [] if not o.lstrip("+~").startswith("hydra")]
-    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+    record = RunRecord.read(folder)
     hydra_record = _yaml(folder / ".hydra" / "hydra.yaml") or {}
-    choices = hydra_record.get("hydra", {}).get("runtime", {}).get("choices") or metrics.get("recipe") or {}
+    choices = hydra_record.get("hydra", {}).get("runtime", {}).get("choices") or (record and record.recipe) or {}
     choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
-    status, error = metrics.get("status", "failed"), _logged_error(folder)
+    record = record or RunRecord(status="failed")
+    status, error = record.status, _logged_error(folder)
     if status == "running" and error:
         status = "failed"
     reason = None
     if status == "failed":
-        reason = metrics.get("reason") or error or "no metrics.json: the job stopped before training started"
+        reason = record.reason or error or "no metrics.json: the job stopped before training started"
     elif status == "pruned":  # a search's pruner stopped it early: listed as such, never ranked
-        reason = metrics.get("reason")
+        reason = record.reason
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE + NOT_LEARNED}
     key_choices = {k: v for k, v in choices.items() if k not in NOT_RECIPE_GROUPS}
     grids = sorted((folder / "samples").glob("step_*.png"))
@@ -100,10 +102,10 @@ def load_run(folder: Path) -> dict[str, Any]:
         "seed": config.get("seed"),
         "status": status,
         "reason": reason,
-        "eval": metrics.get("eval") or {},
-        "eval_history": metrics.get("eval_history") or [e for e in [metrics.get("eval_best")] if e],
+        "eval": record.eval or {},
+        "eval_history": record.eval_history or [e for e in [record.eval_best] if e],
         "prediction": (config.get("schedule") or {}).get("prediction_type"),
-        **{k: metrics.get(k) for k in ("final_loss", "images_seen", "train_seconds", "parameters", "steps")},
+        **{k: getattr(record, k) for k in ("final_loss", "images_seen", "train_seconds", "parameters", "steps")},
         "losses": str(folder / "losses.csv") if (folder / "losses.csv").exists() else None,
         "grid": str(grids[-1]) if grids else None,
     }

@@ -168,7 +168,7 @@ class DiffexpOptunaSweeper(Sweeper):
     def _write_results(study, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
 
-        from diffexp.run_folder import atomic_write_text
+        from diffexp.files import atomic_write_text
 
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             return
