@@ -18,7 +18,6 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import REPO
 from diffexp.config import CONF_DIR
 
-
 DOCS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))
 
 
