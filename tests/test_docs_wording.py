@@ -2,7 +2,7 @@
 
 A figure is dated ("2026-11-29"), and an output folder is `DIR` or a relative path; illustrative paths such as
 `/shared/...` or `/path/to/...` are fine. Run as a script (a pre-commit hook does) it checks the files it is given,
-or by default README.md, docs/**/*.md and benchmarks/*.md, and exits 1 with `file:line: problem` lines.
+or by default README.md, CONTRIBUTING.md, docs/**/*.md and benchmarks/*.md, and exits 1 with `file:line: problem` lines.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def wording_problems(text: str) -> list[str]:
 
 
 def project_pages() -> list[Path]:
-    """The pages the check covers: README.md, every docs/**/*.md and benchmarks/*.md."""
-    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "benchmarks").glob("*.md"))]
+    """The pages the check covers: README.md, CONTRIBUTING.md, every docs/**/*.md and benchmarks/*.md."""
+    pages = [REPO / "README.md", REPO / "CONTRIBUTING.md"]
+    return [*pages, *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "benchmarks").glob("*.md"))]
 
 
 def file_problems(paths: list[Path]) -> list[str]:
@@ -54,7 +55,7 @@ def test_project_pages_have_no_sessions_or_machine_paths():
 
 def test_the_check_covers_readme_docs_and_benchmarks():
     names = {str(p.relative_to(REPO)) for p in project_pages()}
-    assert {"README.md", "docs/recipes.md", "benchmarks/RESULTS.md"} <= names
+    assert {"README.md", "CONTRIBUTING.md", "docs/recipes.md", "docs/timings.md", "benchmarks/RESULTS.md"} <= names
 
 
 def test_a_session_in_prose_is_found():
