@@ -72,8 +72,9 @@ class SweepsSearchPath(SearchPathPlugin):
     """Adds the clone's `sweeps/` right after diffexp's config folder when the sweeps are not inside it already.
 
     Every Hydra app in the environment runs this plugin: it acts only when diffexp's config module is loaded (each
-    diffexp command imports it for CONF_DIR before Hydra starts) and that config folder is the primary one, so other
-    apps and diffexp's own `--config-dir` folders are left alone, and importing it here adds no side effects.
+    diffexp command imports it for CONF_DIR before Hydra starts) and that folder is the primary config folder, so
+    other apps are left alone; it reads the module from sys.modules rather than importing it, so it registers none
+    of diffexp's resolvers in them. A `--config-dir` folder still comes after it, as it comes after conf/.
     """
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
