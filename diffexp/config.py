@@ -57,16 +57,25 @@ def _record_subdir(output_dir: str, resume: str | None) -> str | None:
     return ".hydra"
 
 
+def group_dir(group: str) -> Path:
+    """The folder of a shipped config group: `sweeps` is not under CONF_DIR in a clone."""
+    return Path(SWEEPS_DIR) if group == "sweeps" else Path(CONF_DIR, group)
+
+
+def groups() -> list[str]:
+    """Every shipped config group, `sweeps` included."""
+    return sorted({p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} | {"sweeps"})
+
+
 def options(group: str) -> list[str]:
     """The options of a config group; `_base` (what a group's options share, not an option itself) is left out."""
-    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in group_dir(group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _groups_help(*groups: str) -> str:
-    """`--help`'s list of the config groups a command reads (none named: every group in conf/), each with its
-    options; Hydra's own list holds every group, most of them the training recipe's, and each `_base`."""
-    groups = groups or tuple(sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()))
-    lines = [f"{g}: {', '.join(options(g))}" for g in groups]
+def _groups_help(*names: str) -> str:
+    """`--help`'s list of the config groups a command reads (none named: every group), each with its options;
+    Hydra's own list holds every group, most of them the training recipe's, and each `_base`."""
+    lines = [f"{g}: {', '.join(options(g))}" for g in names or groups()]
     return "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n" + (
         "\n".join(lines) + "\n\n"
     )
@@ -131,4 +140,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 register_resolvers()
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute, so commands work from any folder
+
+def _config_dirs() -> tuple[Path, Path]:
+    """(the config folder, the sweeps folder), absolute so commands work from any folder. A wheel ships them inside
+    the package (`diffexp/conf/`, `diffexp/conf/sweeps/`: pyproject.toml maps them in); a clone (an editable install,
+    or the checkout on PYTHONPATH) keeps them at its top level, beside the package these modules are read from.
+    Found from this file rather than through importlib, so a checkout on PYTHONPATH never reads another install's
+    configs. Plain folders, not package resources: `--help` lists them and Hydra reads them as `file://` paths; the
+    clone's sweeps reach Hydra through hydra_plugins/diffexp_sweeps_source."""
+    package = Path(__file__).resolve().parent
+    if (package / "conf").is_dir():
+        return package / "conf", package / "conf" / "sweeps"
+    return package.parent / "conf", package.parent / "sweeps"
+
+
+CONF_DIR, SWEEPS_DIR = (str(p) for p in _config_dirs())

@@ -73,9 +73,12 @@ def provenance() -> dict[str, Any]:
     import diffusers
     import pytorch_lightning
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Only a clone's commit describes this code: an installed wheel lives in site-packages, which may lie inside some
+    # other repository (a project's .venv/) whose commit would be recorded wrongly. Nothing is recorded then.
+    tracked = _git("ls-files", "--error-unmatch", str(Path(__file__).resolve())) is not None
+    status = _git("status", "--porcelain", "--untracked-files=no") if tracked else None
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": _git("rev-parse", "HEAD") if tracked else None,
         "git_dirty": bool(status) if status is not None else None,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -1,0 +1,1 @@
+"""diffexp: Hydra-configured experiments for training, sampling, evaluating and comparing diffusion models."""
