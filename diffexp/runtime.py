@@ -6,13 +6,21 @@ Decided once when a command starts, from its config and the machine; nothing her
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import torch
 from omegaconf import DictConfig
 
 from diffexp.errors import ConfigError
+
+log = logging.getLogger("diffexp.runtime")
+_REGISTERED: dict[Path, IO] = {}  # this process's registration files (a forked child registers anew)
 
 
 def rank() -> int:
@@ -28,9 +36,82 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def set_threads(threads: int | None) -> int:
-    """Sets torch's intra-op threads: `threads`, or every usable core where it is None; returns the count."""
-    torch.set_num_threads(threads or usable_cores())
+def registry() -> Path:
+    """Where the live trainings of this host register: one file each, locked for as long as its process lives
+    (`DIFFEXP_RUNTIME_DIR`, else a per-user folder in the runtime or temporary folder)."""
+    root = os.environ.get("DIFFEXP_RUNTIME_DIR")
+    if not root:
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        root = os.path.join(base, f"diffexp-{os.getuid()}")
+    return Path(root) / "trainings"
+
+
+def register() -> None:
+    """Marks this process as a live training (a sweep worker registers once for its whole life; its jobs run in
+    it). The lock goes with the process however it ends, so a killed one is never counted."""
+    path = registry() / str(os.getpid())
+    if path in _REGISTERED:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _REGISTERED[path] = handle
+
+
+def live_trainings() -> int:
+    """How many registered processes of this host are alive (this one included, where registered); files left
+    by dead ones are removed."""
+    folder, count = registry(), 0
+    for path in folder.glob("[0-9]*") if folder.is_dir() else ():
+        if path in _REGISTERED:
+            count += 1
+            continue
+        try:
+            with path.open() as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its process has ended
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            count += 1
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def launcher_jobs(hydra_cfg) -> int:
+    """Jobs the sweep's launcher runs at once on this host: the joblib launcher's `n_jobs` (-1: one per core,
+    -2: all but one, ...), else 1."""
+    launcher = (hydra_cfg.get("launcher") if hydra_cfg is not None else None) or {}
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return n if n > 0 else max(1, usable_cores() + 1 + n)
+
+
+def check_threads(threads: object) -> None:
+    """`threads` takes `auto` (None too, as saved by older runs) or a whole number of at least 1."""
+    if threads in (None, "auto"):
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads={threads}: use auto (this process's share of the cores) or a whole number >= 1")
+
+
+def thread_share(threads: int | str | None, jobs: int = 1) -> int:
+    """Torch threads for this process: an explicit count wins; `auto` (or None) takes its share of the usable
+    cores among the live trainings of this host and the launcher's parallel jobs, decided once, at least 1."""
+    check_threads(threads)
+    if threads not in (None, "auto"):
+        return int(threads)
+    register()
+    cores, sharing = usable_cores(), max(live_trainings(), jobs)
+    share = max(1, cores // sharing)
+    if sharing > 1:
+        log.info("threads=auto: %d of %d cores (%d trainings share this host)", share, cores, sharing)
+    return share
+
+
+def set_threads(threads: int | str | None, jobs: int = 1) -> int:
+    """Sets torch's intra-op threads to `thread_share(threads, jobs)`; returns the count."""
+    torch.set_num_threads(thread_share(threads, jobs))
     return torch.get_num_threads()
 
 

@@ -20,7 +20,7 @@ from diffexp.diffusion import check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError
 from diffexp.posthoc import check_posthoc
-from diffexp.runtime import on_gpu
+from diffexp.runtime import check_threads, on_gpu
 from diffexp.search import trial_keys
 
 
@@ -164,7 +164,7 @@ class Train:
     logger: Any
     trainer: Any
     seed: int
-    threads: Optional[int]
+    threads: Any  # auto or a whole number >= 1 (runtime.check_threads)
     resume: Optional[str]
     sweep_name: str
     tag: Optional[str]
@@ -196,7 +196,6 @@ MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classi
 # Settings with a least value (a None is their own "off" or "default"): key, least, the fix the refusal suggests.
 RANGES = (
     ("budget.images", 1, "a positive number of images (e.g. 96000), or null to train trainer.max_steps"),
-    ("threads", 1, "a positive number of torch threads, or null for every core this process may use"),
     ("checkpoint.every_n_steps", 1, "a positive number of steps (e.g. 250)"),
     ("preview.every_n_steps", 0, "a positive number of steps, or 0 for the final grid only"),
     ("eval.every_n_steps", 0, "a positive number of steps, or 0 to evaluate at the end only"),
@@ -212,6 +211,7 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.optimizer.lr={lr}: the learning rate must be > 0 (e.g. 1e-3)")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: train at least 1 step")
+    check_threads(cfg.threads)
     for key, least, fix in RANGES:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < least:

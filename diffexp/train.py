@@ -36,7 +36,7 @@ from diffexp.plots import plot_loss_curve, plot_noising, plot_schedule
 from diffexp.posthoc import Snapshots
 from diffexp.record import RunRecord
 from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
-from diffexp.runtime import Speed, rank, set_threads
+from diffexp.runtime import Speed, launcher_jobs, rank, set_threads
 from diffexp.samplers import Sampler
 from diffexp.schema import check, validate
 from diffexp.search import trial_keys
@@ -101,7 +101,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
     verbose = bool(cfg.get("verbose"))  # recipes saved before the key have none
     quiet(verbose)
     log.info("run folder: %s", run_dir)
-    threads = set_threads(cfg.threads)
+    threads = set_threads(cfg.threads, launcher_jobs(HydraConfig.get()))
     pl.seed_everything(cfg.seed, workers=True, verbose=verbose)
     speed = Speed.of(cfg)
     if speed.tf32:
