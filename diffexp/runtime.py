@@ -99,9 +99,9 @@ def thread_share(threads: int | str | None, jobs: int = 1) -> int:
     """Torch threads for this process: an explicit count wins; `auto` (or None) takes its share of the usable
     cores among the live trainings of this host and the launcher's parallel jobs, decided once, at least 1."""
     check_threads(threads)
+    register()  # counted by the others whether its own count is explicit or not
     if threads not in (None, "auto"):
         return int(threads)
-    register()
     cores, sharing = usable_cores(), max(live_trainings(), jobs)
     share = max(1, cores // sharing)
     if sharing > 1:

@@ -58,6 +58,7 @@ def test_an_explicit_count_wins_and_bad_values_are_refused(registry):
     other = live_worker()
     try:
         assert thread_share(2) == 2
+        assert live_trainings() == 2  # an explicit count still registers: the others count its cores
     finally:
         other.kill()
         other.wait()
