@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, compose_train
 from diffexp.posthoc import list_snapshots, width_weights
+from helpers import TINY, compose_train
 
 SHORT = [*TINY, "logger=csv", "trainer.max_steps=40", "preview.every_n_steps=0", "checkpoint.every_n_steps=1000"]
 

@@ -13,8 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO
 from diffexp.config import CONF_DIR
+from helpers import REPO
 
 
 def readme_commands(*docs: str) -> list[str]:
