@@ -120,7 +120,7 @@ def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_pa
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_snapshots(tmp_path):
-    from test_cli import diffexp, kill_train_once
+    from helpers import diffexp, kill_train_once
 
     recipe = [*TINY, "logger=csv", "ema=posthoc", "ema.snapshot_every=48", "trainer.max_steps=60"]
     recipe += ["checkpoint.every_n_steps=10", "preview.every_n_steps=30"]
