@@ -26,7 +26,7 @@ from PIL import Image
 
 from diffexp.config import CONF_DIR
 
-# Tiny training runs (from tests/conftest.py).
+# Tiny training runs.
 REPO = Path(__file__).resolve().parent.parent
 
 # A 2-level 32-channel UNet on 8 px digits, few steps, small previews: seconds per training run.
@@ -70,7 +70,7 @@ def compose_train(overrides: list[str], output_dir: Path, name: str = "train") -
     return cfg
 
 
-# Subprocesses: the installed commands as users run them (from tests/test_cli.py).
+# Subprocesses: the installed commands as users run them.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
@@ -102,7 +102,7 @@ def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> 
     proc.wait()
 
 
-# Sweeps (from tests/test_sweeps.py and tests/test_search.py).
+# Sweeps.
 QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
 
 
@@ -139,7 +139,7 @@ def finish(workers: list[subprocess.Popen], timeout: float = 600) -> None:
     assert all(w.returncode == 0 for w in workers), "\n".join(e[-2000:] for e in errors)
 
 
-# Training data (from tests/test_data.py).
+# Training data.
 SIZES = [(20, 30), (40, 16), (12, 12), (33, 17), (64, 48)]  # (height, width): portrait, landscape, square
 
 
@@ -176,7 +176,7 @@ def write_image_folder(folder: Path, n: int = 20) -> Path:
     return folder
 
 
-# Apps' configs and hand-written run folders (from tests/test_compare.py).
+# Apps' configs and hand-written run folders.
 def compose_app(name: str, overrides: list[str]) -> DictConfig:
     """An app's root config as its command would get it (Hydra's runtime set, the `hydra` node removed)."""
     GlobalHydra.instance().clear()
@@ -202,7 +202,7 @@ def crafted(folder: Path, lr: float, seed: int, fid: float, posthoc: dict | None
     return folder
 
 
-# Feature nets (from tests/test_dinov2.py).
+# Feature nets.
 def tiny_dinov2(folder: Path, seed: int = 0) -> Path:
     """A random 2-layer DINOv2 (32-d features) saved as a local model folder."""
     import torch
