@@ -4,7 +4,7 @@ comparable (issue 16).
 The butterflies are a local dataset with the Hub dataset's real columns (`image` among metadata strings and a float,
 images of mixed sizes and modes RGB, RGBA, P and L), written as the Hub stores it (`data/train-00000-of-00001.parquet`)
 so `data=butterflies data.name=DIR` loads it through the same `load_dataset` call as the Hub name. eval=dinov2 uses
-a small randomly initialised DINOv2 saved with `save_pretrained` into a temp folder (`test_dinov2.tiny_dinov2`):
+a small randomly initialised DINOv2 saved with `save_pretrained` into a temp folder (`helpers.tiny_dinov2`):
 its figures exercise the paths, they mean nothing as quality.
 """
 
@@ -21,17 +21,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
-from test_compare import compose_app
 
-from conftest import REPO, TINY, compose_train
 from diffexp.compare import run as compare
 from diffexp.denoise import denoise_run
 from diffexp.evaluate import run as evaluate
 from diffexp.train import run as train
+from helpers import REPO, TINY, compose_app, compose_train, tiny_dinov2
 from wandb_records import read_run
 
 pytest.importorskip("transformers")
-from test_dinov2 import tiny_dinov2  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from denoise_vs_fid import main as rank_correlation  # noqa: E402

@@ -9,10 +9,10 @@ import logging
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_train
 from diffexp import api
 from diffexp.errors import ConfigError
 from diffexp.reproduce import run as reproduce
+from helpers import TINY, compose_train
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from PIL import Image
 
 from diffexp.errors import ConfigError
 from diffexp.train import run
-from test_data import save_hub_copy
+from helpers import save_hub_copy
 
 HYDRA_RECORD = {".hydra", "train.log"}  # what Hydra writes before the task runs; a refused run adds nothing
 

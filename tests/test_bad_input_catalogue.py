@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import TINY, compose_train
 from diffexp.errors import ConfigError
+from helpers import TINY, compose_train
 
 # name: (command, overrides, the setting the message must name). {run}, {tmp}, {corrupt} are filled per test.
 CASES = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import ENV
+from helpers import ENV
 
 SMALL = [  # after the recipes' own settings: a few steps of a small UNet, a small evaluation
     "budget.images=128",

@@ -16,11 +16,11 @@ from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import TINY, compose_train
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError
 from diffexp.plots import image_grid
 from diffexp.samplers import predicted_x0, sampling_scheduler
+from helpers import TINY, compose_train
 
 # One tiny run scored against the held-out digits at steps 2 and 4 (so it has a best evaluation) on 2 seeds.
 EVAL = ["eval=digits", "data.resolution=16", "eval.n_samples=64", "eval.every_n_steps=2", "eval.reference_size=100",

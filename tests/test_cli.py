@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, compose_train
+from helpers import ENV, REPO, TINY, compose_train, diffexp
 from wandb_records import read_run
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-
-
-def diffexp(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / f"diffexp-{command}"
-    return subprocess.run([str(exe), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow  # two processes with Lightning's start-up each: ~31 s, which the default suite's 10 minutes lack
@@ -112,26 +104,3 @@ def test_sample_command_writes_new_files_and_same_seed_same_images(tmp_path, tin
     _, stderr = bad.communicate(timeout=300)
     assert bad.returncode != 0 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: run=")
-
-
-def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> None:
-    """Starts `diffexp-train args`, waits until `ready()` holds, then SIGKILLs its whole process group."""
-    import os
-    import signal
-    import time
-
-    exe = Path(sys.executable).parent / "diffexp-train"
-    proc = subprocess.Popen(
-        [str(exe), *args],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + timeout
-    while not ready():
-        assert time.time() < deadline and proc.poll() is None, "the run ended or stalled before it was killed"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()

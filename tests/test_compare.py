@@ -14,19 +14,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from conftest import REPO, TINY, compose_train
 from diffexp.compare import run as compare
-from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.report.ranking import pareto_front, rank
 from diffexp.report.runs import NOT_RECIPE
 from diffexp.train import run as train
+from helpers import REPO, TINY, compose_app, compose_train, crafted
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 # Two steps, scored with the shipped digits net at the end of each step (so final and best can differ). One thread:
@@ -57,22 +54,11 @@ def cli(command: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.C
     return subprocess.run([str(exe), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def compose_app(name: str, overrides: list[str]) -> DictConfig:
-    """An app's root config as its command would get it (Hydra's runtime set, the `hydra` node removed)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def hydra_record(folder: Path, *overrides: str) -> DictConfig:
     """What Hydra writes into a job's folder before the job runs: `.hydra/` with config, hydra and overrides."""
     cfg = compose_train([*TINY, "logger=csv", *EVAL, *overrides], folder)
     saved, hydra_cfg = folder / ".hydra", HydraConfig.get()
-    if not (saved / "config.yaml").exists():  # conftest's compose_train may already save it
+    if not (saved / "config.yaml").exists():  # helpers' compose_train may already save it
         saved.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, saved / "config.yaml")
         OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), saved / "hydra.yaml")
@@ -253,20 +239,6 @@ def test_a_name_the_package_ships_is_refused_and_the_default_cannot_collide(swee
     with pytest.raises(ConfigError, match=shipped_name):
         compare(compose_app("compare", [f"sweep={sweeps[0]}", f"out={out}", "name=digits_best"]))
     assert not out.exists() and not list(tmp_path.glob(".r.*"))
-
-
-def crafted(folder: Path, lr: float, seed: int, fid: float, posthoc: dict | None = None) -> Path:
-    """A finished run folder written by hand: its recipe (the lr), seed and FID, as diffexp-train records them
-    (`posthoc`: an ema=posthoc run's extra figures)."""
-    (folder / ".hydra").mkdir(parents=True)
-    config = {"seed": seed, "optim": {"optimizer": {"lr": lr}}, "schedule": {"prediction_type": "epsilon"}}
-    OmegaConf.save(config, folder / ".hydra" / "config.yaml")
-    OmegaConf.save([f"optim.optimizer.lr={lr}", f"seed={seed}"], folder / ".hydra" / "overrides.yaml")
-    figures = {"fid": fid, "fid_ci": [fid - 0.5, fid + 0.5], "n_seeds": 5, "n_fake": 256, "n_real": 360,
-               "feature_net": "digits", "reference": "heldout", **(posthoc or {})}  # fmt: skip
-    record = {"status": "finished", "recipe": {"model": "tiny"}, "eval": figures, "final_loss": 0.1, "parameters": 1}
-    (folder / "metrics.json").write_text(json.dumps(record))
-    return folder
 
 
 def test_a_recipe_is_better_only_where_the_welch_interval_excludes_zero(tmp_path):

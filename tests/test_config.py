@@ -16,12 +16,11 @@ import yaml
 from diffusers import DDPMScheduler, UNet2DModel
 from hydra.utils import instantiate
 
-from conftest import REPO, compose_train
 from diffexp.config import CONF_DIR, options
 from diffexp.data import ImageDataModule
 from diffexp.errors import ConfigError
 from diffexp.schema import check, validate
-from test_data import save_hub_copy, write_image_folder
+from helpers import REPO, compose_train, save_hub_copy, write_image_folder
 
 # What DESIGN.md promises at least; the tests below also cover any option added later.
 PROMISED = {

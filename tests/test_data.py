@@ -29,39 +29,7 @@ from diffexp.data import (
 )
 from diffexp.errors import ConfigError
 from diffexp.train import run
-
-SIZES = [(20, 30), (40, 16), (12, 12), (33, 17), (64, 48)]  # (height, width): portrait, landscape, square
-
-
-def pil_images(n: int, seed: int = 0, modes: tuple[str, ...] = ("RGB",)) -> list[Image.Image]:
-    """Random images of varied sizes; `modes` cycles through PIL modes (the Hub has RGBA and greyscale too)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        h, w = SIZES[i % len(SIZES)]
-        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        out.append(img.convert(modes[i % len(modes)]))
-    return out
-
-
-def save_hub_copy(folder: Path, n: int = 24, column: str = "image", seed: int = 0, **kwargs) -> Path:
-    """A local copy of a Hub image dataset: an image column plus a string column training must ignore."""
-    features = datasets.Features({column: datasets.Image(), "name": datasets.Value("string")})
-    ds = datasets.Dataset.from_dict(
-        {column: pil_images(n, seed, **kwargs), "name": [f"specimen {i}" for i in range(n)]}, features=features
-    )
-    ds.save_to_disk(str(folder))
-    return folder
-
-
-def write_image_folder(folder: Path, n: int = 20) -> Path:
-    """PNG and JPEG files in two sub-folders (and one file that is not an image)."""
-    for i, img in enumerate(pil_images(n, seed=1)):
-        sub = folder / (Path("a") if i % 2 else Path("b", "deeper"))
-        sub.mkdir(parents=True, exist_ok=True)
-        img.save(sub / f"img{i}.{'png' if i % 3 else 'jpg'}")
-    (folder / "notes.txt").write_text("not an image\n")
-    return folder
+from helpers import pil_images, save_hub_copy, write_image_folder
 
 
 @pytest.fixture(autouse=True)

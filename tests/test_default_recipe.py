@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from test_cli import diffexp
+from helpers import diffexp
 
 
 @pytest.mark.slow

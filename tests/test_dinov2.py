@@ -14,18 +14,9 @@ import torch
 
 from diffexp.errors import ConfigError
 from diffexp.features import load_feature_net
+from helpers import tiny_dinov2
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_dinov2(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer DINOv2 (32-d features) saved as a local model folder."""
-    torch.manual_seed(seed)
-    config = transformers.Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=224, patch_size=14
-    )
-    transformers.Dinov2Model(config).save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")

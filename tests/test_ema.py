@@ -16,9 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
-from conftest import REPO
 from diffexp.config import CONF_DIR
 from diffexp.ema import SEARCHED_SIGMA_REL, PowerEMA, sigma_rel_to_gamma
+from helpers import REPO
 
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
-from conftest import compose_train
+from helpers import compose_train
 
 
 def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg, tmp_path):

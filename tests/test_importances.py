@@ -6,10 +6,10 @@ import csv
 
 import optuna
 from PIL import Image
-from test_compare import compose_app, crafted
 
 from diffexp.compare import run as compare
 from diffexp.report.importances import section
+from helpers import compose_app, crafted
 
 
 def sweep_with_study(tmp_path, n: int):

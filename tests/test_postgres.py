@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from helpers import finish, worker
 from postgres import listening, server
-from test_search import finish, worker
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, compose_train
 from diffexp.posthoc import list_snapshots, width_weights
+from helpers import TINY, compose_train
 
 SHORT = [*TINY, "logger=csv", "trainer.max_steps=40", "preview.every_n_steps=0", "checkpoint.every_n_steps=1000"]
 
@@ -120,7 +120,7 @@ def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_pa
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_snapshots(tmp_path):
-    from test_cli import diffexp, kill_train_once
+    from helpers import diffexp, kill_train_once
 
     recipe = [*TINY, "logger=csv", "ema=posthoc", "ema.snapshot_every=48", "trainer.max_steps=60"]
     recipe += ["checkpoint.every_n_steps=10", "preview.every_n_steps=30"]

@@ -15,8 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO
 from diffexp.config import CONF_DIR
+from helpers import REPO
 
 DOCS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train
 from diffexp.reproduce import run as reproduce
 from diffexp.train import run as train
+from helpers import compose_train
 
 
 def test_reproduce_matches_bit_for_bit_from_the_saved_config(tiny_cfg, tmp_path):
@@ -58,9 +58,9 @@ def test_a_run_saved_with_the_old_ema_and_warmup_keys_refuses_reproduce_and_resu
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from conftest import TINY
     from diffexp.config import CONF_DIR
     from diffexp.errors import ConfigError
+    from helpers import TINY
 
     train(tiny_cfg("trainer.max_steps=2"))
     folder = tmp_path / "run"

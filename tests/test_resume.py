@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
-from test_cli import diffexp, kill_train_once
+from helpers import TINY, diffexp, kill_train_once
 from wandb_records import read_run
 
 RECIPE = [

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,11 +17,8 @@ from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from conftest import CONF_DIR
-from test_cli import ENV, diffexp
-from test_sweeps import OPTUNA
-
-EXE = Path(sys.executable).parent / "diffexp-train"
+from diffexp.config import CONF_DIR
+from helpers import OPTUNA, diffexp, finish, worker
 
 
 def study(tmp_path: Path, name: str = "optuna_tiny") -> optuna.Study:
@@ -33,23 +28,6 @@ def study(tmp_path: Path, name: str = "optuna_tiny") -> optuna.Study:
 def counts(s: optuna.Study) -> dict[TrialState, int]:
     states = [t.state for t in s.get_trials(deepcopy=False)]
     return {state: states.count(state) for state in TrialState}
-
-
-def worker(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(EXE), "-m", "sweeps=optuna_tiny", *OPTUNA, *args],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def finish(workers: list[subprocess.Popen], timeout: float = 600) -> None:
-    errors = [w.communicate(timeout=timeout)[1] for w in workers]
-    assert all(w.returncode == 0 for w in workers), "\n".join(e[-2000:] for e in errors)
 
 
 def test_search_space_keeps_hydra_sweep_syntax():

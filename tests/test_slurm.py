@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ENV, QUICK, jobs
 from slurm import cluster, job_state
-from test_cli import ENV
-from test_sweeps import QUICK, jobs
 
 STEPS = 400  # the requeue comes at the first checkpoint (step 10), well before the end even on an idle machine
 

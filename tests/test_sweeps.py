@@ -10,15 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, compose_train
 from diffexp.reproduce import run as reproduce
-from test_cli import ENV, diffexp, kill_train_once
-
-QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
-
-
-def jobs(sweep: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))}
+from helpers import ENV, OPTUNA, QUICK, TINY, compose_train, diffexp, jobs, kill_train_once
 
 
 @pytest.mark.slow
@@ -80,17 +73,6 @@ def test_rerunning_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest
     assert "resuming unfinished job" in log and re.search(r"restored step [1-9]\d* of 300 from the checkpoint", log)
     steps = [int(line.split(",")[0]) for line in (sweep / "1" / "losses.csv").read_text().splitlines()[1:]]
     assert steps == list(range(300))
-
-
-OPTUNA = [
-    *QUICK,
-    "eval=digits",
-    "data.resolution=16",
-    "budget.images=64",
-    "eval.n_samples=64",
-    "eval.reference_size=100",
-    "eval.sampler_steps=2",
-]
 
 
 def test_optuna_sweep_runs_trials_and_gets_their_metric_and_reproducing_one_never_reports(tmp_path):

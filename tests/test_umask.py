@@ -14,11 +14,11 @@ import pytest
 import torch
 from fsspec.implementations.local import get_umask
 
-from conftest import TINY, compose_train
 from diffexp.compare import run as compare
 from diffexp.features import load_feature_net
 from diffexp.heldout import Reference
 from diffexp.train import run as train
+from helpers import TINY, compose_train
 
 
 def modes(root: Path) -> dict[Path, int]:
