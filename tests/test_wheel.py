@@ -16,8 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, TINY
 from diffexp.config import CONF_DIR, SWEEPS_DIR, groups, options
+from helpers import REPO, TINY
 
 
 def test_every_group_and_sweep_is_found_through_the_package():
