@@ -7,6 +7,7 @@ import re
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_search_workers import trained_once_each
 
 from postgres import listening, server
 from test_search import finish, worker
@@ -30,5 +31,7 @@ def test_two_workers_fill_one_postgresql_study(tmp_path):
     assert len(complete) == 4, [(t.number, t.state) for t in trials]
     pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in complete}
     assert pids == {w.pid for w in workers}, (pids, [w.pid for w in workers])
+    sweep = tmp_path / "multirun" / "optuna_tiny"
     for t in complete:  # each trial's job trained in its own folder and reported its figure
-        assert (tmp_path / "multirun" / "optuna_tiny" / f"trial-{t.number:04d}" / "metrics.json").exists()
+        assert (sweep / f"trial-{t.number:04d}" / "metrics.json").exists()
+    assert trained_once_each(sweep, trials) == complete  # the two workers drew distinct trials, none trained twice

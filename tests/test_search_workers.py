@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -50,6 +51,16 @@ class Worker:
 
 def distinct(draws: list[dict]) -> bool:
     return len({json.dumps(d, sort_keys=True) for d in draws}) == len(draws)
+
+
+def trained_once_each(sweep: Path, trials: list) -> list:
+    """Asserts that the trials that trained (those with a folder) drew pairwise distinct parameters and that none
+    repeats another: no compute went to a repeat. Returns them."""
+    trained = [t for t in trials if (sweep / f"trial-{t.number:04d}").exists()]
+    assert distinct([t.params for t in trained]), [(t.number, t.params) for t in trained]
+    assert not any("repeat_of" in t.user_attrs for t in trials), [t.user_attrs for t in trials]
+    assert len(list(sweep.glob("trial-*"))) == len(trained)
+    return trained
 
 
 def test_two_workers_and_a_late_one_draw_pairwise_distinct_trials_and_one_worker_reproduces_its_draws(tmp_path):
@@ -182,7 +193,6 @@ def test_two_worker_processes_train_pairwise_distinct_trials(tmp_path):
     finish(workers)
     trials = study(tmp_path).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and distinct([t.params for t in complete]), [t.params for t in trials]
-    assert not any("repeat_of" in t.user_attrs for t in trials)
+    assert len(complete) == 4 and trained_once_each(tmp_path / "multirun" / "optuna_tiny", trials) == complete
     pids = {t.user_attrs["worker"] for t in complete}
     assert len(pids) == 2, pids
