@@ -21,7 +21,8 @@ def test_two_workers_fill_one_postgresql_study(tmp_path):
         from diffexp.search import open_study
 
         open_study(url, "optuna_tiny", "minimize")  # once, before the workers: two creating it at once race
-        args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4"]
+        # no pruner: distinct draws differ in FID, and the sweep file's pruner could stop the worst of 4
+        args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"]
         workers = [worker(tmp_path, *args) for _ in range(2)]
         finish(workers)
         trials = optuna.load_study(study_name="optuna_tiny", storage=url).trials

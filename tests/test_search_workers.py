@@ -189,7 +189,7 @@ def test_the_direction_follows_the_monitor_and_a_contradicting_one_is_refused(tm
 
 @pytest.mark.slow
 def test_two_worker_processes_train_pairwise_distinct_trials(tmp_path):
-    workers = [worker(tmp_path, "hydra.sweeper.n_trials=4") for _ in range(2)]
+    workers = [worker(tmp_path, "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none") for _ in range(2)]
     finish(workers)
     trials = study(tmp_path).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -71,7 +71,7 @@ def test_two_search_workers_submitting_to_slurm_train_distinct_trials_and_no_rep
     # `diffexp-train -m sweeps=optuna_tiny` started twice on one study, each trial a SLURM job (one CPU each)
     args = [str(Path(sys.executable).parent / "diffexp-train"), "-m", "sweeps=optuna_tiny", *OPTUNA]
     args += ["hydra.sweeper.n_trials=4", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10"]
-    args += ["hydra.launcher.cpus_per_task=1"]
+    args += ["hydra.launcher.cpus_per_task=1", "hydra/sweeper/pruner=none"]  # 4 trials, all COMPLETE
     with cluster() as env:
         workers = [
             subprocess.Popen(
