@@ -41,6 +41,7 @@ from diffexp.report.ranking import (
     basis_note,
     best_recipes,
     choose_metric,
+    drop_repeats,
     judge,
     label_recipes,
     rank,
@@ -65,6 +66,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     import matplotlib
 
     matplotlib.use("Agg")
+    runs, repeats = drop_repeats(runs)  # the same recipe and seed twice is one run
     used, fallback = choose_metric(runs, metric)
     higher = HIGHER_IS_BETTER[used]
     board = rank([score(r, used) for r in label_recipes(runs)], higher)
@@ -77,7 +79,7 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     ranking = f"Ranked by `{used}` ({'higher' if higher else 'lower'} is better) of the final model" + (
         "." if used == "final_loss" else f"; `best {used}` is the best evaluation during training."
     )
-    notes = [ranking, *([fallback] if fallback else []), VERDICTS]
+    notes = [ranking, *([fallback] if fallback else []), *([repeats] if repeats else []), VERDICTS]
     if basis_note(used, bases):
         notes.append(basis_note(used, bases))
     header = "\n\n".join([*notes, f"Settings shared by all runs: `{' '.join(common) or '(none)'}`."]) + "\n\n"

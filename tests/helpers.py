@@ -214,3 +214,27 @@ def tiny_dinov2(folder: Path, seed: int = 0) -> Path:
     )
     transformers.Dinov2Model(config).save_pretrained(str(folder))
     return folder
+
+
+# Search studies
+
+
+def study(tmp_path: Path, name: str = "optuna_tiny"):
+    """The Optuna study of a search run in `tmp_path` (its sweep folder's SQLite file)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'multirun' / name / 'optuna.db'}")
+
+
+def distinct(draws: list[dict]) -> bool:
+    return len({json.dumps(d, sort_keys=True) for d in draws}) == len(draws)
+
+
+def trained_once_each(sweep: Path, trials: list) -> list:
+    """Asserts that the trials that trained (those with a folder) drew pairwise distinct parameters and that none
+    repeats another: no compute went to a repeat. Returns them."""
+    trained = [t for t in trials if (sweep / f"trial-{t.number:04d}").exists()]
+    assert distinct([t.params for t in trained]), [(t.number, t.params) for t in trained]
+    assert not any("repeat_of" in t.user_attrs for t in trials), [t.user_attrs for t in trials]
+    assert len(list(sweep.glob("trial-*"))) == len(trained)
+    return trained

@@ -15,7 +15,21 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def version(name: str) -> list[int]:
+    return [int(n) for n in name.split(".") if n.isdigit()]
+
+
+def _bin() -> Path:
+    """PG_BIN, else the newest server under /usr/lib/postgresql/<version>/bin (Debian's postgresql package, which
+    .ci/run installs where it is missing; the image has 15)."""
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: version(p.parent.parent.name))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _bin()
 
 
 def free_port() -> int:

@@ -300,6 +300,32 @@ def test_two_clear_seeds_each_make_a_best_without_ties(tmp_path):
     assert [r["verdict"] for r in rows(out / "recipes.csv")] == ["best", "worse"]
 
 
+def test_a_recipe_run_twice_at_one_seed_counts_once_as_its_newest_finished_run(tmp_path, caplog):
+    # Two recipes, each run twice at seed 0 (two search workers drew the same trial): one seed each, not two
+    # seeds with a zero-width interval; the newer of a repeat is the one used, and one line names the repeats.
+    lrs = {"a": 1e-3, "b": 2e-3}
+    runs = [crafted(tmp_path / "s" / f"{name}{k}", lrs[name], 0, fid) for name, fid in (("a", 5.0), ("b", 9.0))
+            for k in (0, 1)]  # fmt: skip
+    (runs[1] / "metrics.json").write_text((runs[1] / "metrics.json").read_text().replace("5.0", "4.8"))
+    for k, folder in enumerate(runs):  # the second run of each recipe is the newer
+        os.utime(folder / "metrics.json", (1e9 + k, 1e9 + k))
+    seed1 = crafted(tmp_path / "s" / "a-seed1", 1e-3, 1, 5.2)
+    failed = crafted(tmp_path / "s" / "b-failed", 2e-3, 0, 0.0)  # a newer failed repeat: the finished one stays
+    record = {"status": "failed", "reason": "killed", "recipe": {"model": "tiny"}}
+    (failed / "metrics.json").write_text(json.dumps(record))
+    folders = ",".join(map(str, [*runs, seed1, failed]))
+    with caplog.at_level(logging.WARNING, logger="diffexp.report"):
+        out = compare(compose_app("compare", [f"runs=[{folders}]", f"out={tmp_path / 'r'}"]))
+    a, b = (r for r in rows(out / "recipes.csv"))
+    assert (a["seeds"], a["seed_list"], a["runs"], float(a["fid mean"])) == ("2", "0 1", "s/a1 s/a-seed1", 5.0)
+    assert (b["seeds"], b["runs"], b["fid 95% CI"]) == ("1", "s/b1", "")  # no interval from one seed counted twice
+    assert [r["run"] for r in rows(out / "leaderboard.csv")] == ["s/a1", "s/a-seed1", "s/b1"]
+    line = "3 runs repeated a recipe at a seed it already has and count once, as the newest finished run: "
+    line += "`s/a0` (as `s/a1`), `s/b0` (as `s/b1`), `s/b-failed` (as `s/b1`)"
+    assert [r.getMessage() for r in caplog.records if r.name == "diffexp.report"] == [line]
+    assert line in (out / "report.md").read_text() and line in (out / "recipes.md").read_text()
+
+
 def test_a_second_report_never_overwrites_the_first(sweeps, made):
     grid, _ = sweeps
     folder, _ = made

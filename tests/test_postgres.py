@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import finish, worker
+from helpers import finish, trained_once_each, worker
 from postgres import listening, server
 
 
@@ -20,7 +20,8 @@ def test_two_workers_fill_one_postgresql_study(tmp_path):
         from diffexp.search import open_study
 
         open_study(url, "optuna_tiny", "minimize")  # once, before the workers: two creating it at once race
-        args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4"]
+        # no pruner: distinct draws differ in FID, and the sweep file's pruner could stop the worst of 4
+        args = [f"hydra.sweeper.storage={url}", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"]
         workers = [worker(tmp_path, *args) for _ in range(2)]
         finish(workers)
         trials = optuna.load_study(study_name="optuna_tiny", storage=url).trials
@@ -30,5 +31,7 @@ def test_two_workers_fill_one_postgresql_study(tmp_path):
     assert len(complete) == 4, [(t.number, t.state) for t in trials]
     pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in complete}
     assert pids == {w.pid for w in workers}, (pids, [w.pid for w in workers])
+    sweep = tmp_path / "multirun" / "optuna_tiny"
     for t in complete:  # each trial's job trained in its own folder and reported its figure
-        assert (tmp_path / "multirun" / "optuna_tiny" / f"trial-{t.number:04d}" / "metrics.json").exists()
+        assert (sweep / f"trial-{t.number:04d}" / "metrics.json").exists()
+    assert trained_once_each(sweep, trials) == complete  # the two workers drew distinct trials, none trained twice

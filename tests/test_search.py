@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -18,11 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from diffexp.config import CONF_DIR
-from helpers import OPTUNA, diffexp, finish, worker
-
-
-def study(tmp_path: Path, name: str = "optuna_tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'multirun' / name / 'optuna.db'}")
+from helpers import OPTUNA, diffexp, finish, study, worker
 
 
 def counts(s: optuna.Study) -> dict[TrialState, int]:

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from optuna.trial import TrialState
 
-from helpers import ENV, QUICK, jobs
+from helpers import ENV, OPTUNA, QUICK, finish, jobs, study, trained_once_each
 from slurm import cluster, job_state
 
 STEPS = 400  # the requeue comes at the first checkpoint (step 10), well before the end even on an idle machine
@@ -60,3 +61,32 @@ def test_a_slurm_sweep_finishes_each_job_in_its_folder_and_a_requeued_job_resume
     text = stderr.read_text()
     assert "DUE TO JOB REQUEUE" in text
     assert re.search(rf"restored step [1-9]\d* of {STEPS} from the checkpoint", (sweep / "0" / "train.log").read_text())
+
+
+@pytest.mark.slow
+def test_two_search_workers_submitting_to_slurm_train_distinct_trials_and_no_repeat(tmp_path):
+    # `diffexp-train -m sweeps=optuna_tiny` started twice on one study, each trial a SLURM job (one CPU each)
+    args = [str(Path(sys.executable).parent / "diffexp-train"), "-m", "sweeps=optuna_tiny", *OPTUNA]
+    args += ["hydra.sweeper.n_trials=4", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10"]
+    args += ["hydra.launcher.cpus_per_task=1", "hydra/sweeper/pruner=none"]  # 4 trials, all COMPLETE
+    with cluster() as env:
+        workers = [
+            subprocess.Popen(
+                args, cwd=tmp_path, env=ENV | env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        try:
+            finish(workers)
+        finally:
+            for w in workers:
+                w.kill()
+    sweep = tmp_path / "multirun" / "optuna_tiny"
+    trials = study(tmp_path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4, [(t.number, t.state) for t in trials]
+    assert trained_once_each(sweep, trials) == complete  # distinct parameters; none trained as a repeat
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both workers ran trials
+    for t in complete:  # each ran as a SLURM job, in its trial's folder, and its figure is the trial's
+        assert json.loads((sweep / f"trial-{t.number:04d}" / "metrics.json").read_text())["objective"] == t.value
+    assert len(list(sweep.glob(".submitit/*/*_log.err"))) == 4

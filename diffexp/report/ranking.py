@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 
@@ -9,7 +10,31 @@ from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.runs import natural_key, recipe_setting
 from diffexp.stats import mean_interval, welch
 
+log = logging.getLogger("diffexp.report")
 STATUS_ORDER = {"finished": 0, "running": 1, "pruned": 2, "failed": 3}
+
+
+def drop_repeats(runs: list[dict]) -> tuple[list[dict], str | None]:
+    """One run per model size, recipe and seed: the same recipe trained again at the same seed measures nothing new,
+    and counted twice it would make one seed look like two (with a zero-width interval). Keeps the newest finished
+    run of each (else the newest) and returns the runs kept, in order, and the one line naming the repeats."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["seed"] is not None and r["config"]:  # a job refused before its config was saved has no recipe
+            groups.setdefault((r["size"], r["recipe_key"], str(r["seed"])), []).append(r)
+    dropped: dict[str, str] = {}
+    for members in groups.values():
+        keep = max(members, key=lambda r: (r["status"] == "finished", r.get("updated") or 0.0))
+        dropped |= {r["path"]: keep["name"] for r in members if r is not keep}
+    if not dropped:
+        return runs, None
+    repeats = [r for r in runs if r["path"] in dropped]
+    line = (
+        f"{len(repeats)} run{'s' * (len(repeats) > 1)} repeated a recipe at a seed it already has and count once, "
+        f"as the newest finished run: " + ", ".join(f"`{r['name']}` (as `{dropped[r['path']]}`)" for r in repeats)
+    )
+    log.warning(line)
+    return [r for r in runs if r["path"] not in dropped], line
 
 
 def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:
@@ -163,6 +188,10 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
         if r["basis"]:
             groups.setdefault((r["size"], r["basis"], r["recipe_key"]), []).append(r)
     rows = []
+    for key, members in groups.items():  # an interval over seeds takes each seed once
+        seeds = [str(m["seed"]) for m in members]
+        if len(set(seeds)) < len(seeds):
+            groups[key] = drop_repeats(members)[0]
     for (size, basis, _), members in groups.items():
         values = [m["value"] for m in members]
         interval = mean_interval(values)

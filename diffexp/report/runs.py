@@ -76,6 +76,7 @@ def run_row(folder: Path) -> dict[str, Any]:
     config = _yaml(folder / ".hydra" / "config.yaml") or {}
     overrides = [o for o in _yaml(folder / ".hydra" / "overrides.yaml") or [] if not o.lstrip("+~").startswith("hydra")]
     record = RunRecord.read(folder)
+    written = folder / "metrics.json"
     hydra_record = _yaml(folder / ".hydra" / "hydra.yaml") or {}
     choices = hydra_record.get("hydra", {}).get("runtime", {}).get("choices") or (record and record.recipe) or {}
     choices = {k: v for k, v in choices.items() if not k.startswith("hydra")}
@@ -101,6 +102,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "recipe_key": json.dumps([key_choices, recipe], sort_keys=True, default=str),
         "seed": config.get("seed"),
         "status": status,
+        "updated": written.stat().st_mtime if written.exists() else 0.0,  # which of two repeats is the newer
         "reason": reason,
         "eval": record.eval or {},
         "eval_history": record.eval_history or [e for e in [record.eval_best] if e],

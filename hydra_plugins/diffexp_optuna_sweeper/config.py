@@ -8,6 +8,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 SAMPLERS = {
+    # `seed`: the draws of trial N follow from (seed, N), so workers differ and a restart continues (_sampler.py)
     "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10},
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
 }
@@ -48,7 +49,8 @@ class DiffexpOptunaSweeperConf:
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = None  # hydra/sweeper/sampler=tpe|random, or any {_target_: ...}
     pruner: Any = None  # hydra/sweeper/pruner=none|percentile|median|successive_halving|hyperband|threshold
-    direction: str = "minimize"  # of the objective: eval.monitor's final figure
+    direction: Optional[str] = None  # null = eval.monitor's (diffexp.metrics.HIGHER_IS_BETTER); no monitor: minimize
+    seeds_per_trial: int = 1  # training seeds per drawn recipe (seed, seed+1, ...): the study is told their mean
     study_name: Optional[str] = None  # null = the sweep folder's name
     storage: Optional[str] = None  # null = sqlite:///<sweep folder>/optuna.db; an Optuna URL or a journal file path
     n_trials: int = 20  # COMPLETE + PRUNED trials of the whole study (all workers together)
