@@ -58,6 +58,9 @@ class DiffexpOptunaSweeperConf:
     heartbeat_interval: float = 30.0  # seconds between a worker's heartbeats into its running trial
     grace_period: float = 120.0  # a RUNNING trial silent this long belongs to a dead worker: failed and retried
     custom_search_space: Optional[str] = None  # a function(cfg, trial) adding conditional parameters
+    warm_start: Optional[str] = None  # an earlier search (sweep folder, URL or journal): its best recipes go first
+    warm_start_k: int = 4  # how many of its best COMPLETE recipes
+    warm_start_study: Optional[str] = None  # its study (null: the sweep folder's name, or the storage's only one)
     params: Optional[dict[str, str]] = None  # the search space, in Hydra's sweep syntax
 
 

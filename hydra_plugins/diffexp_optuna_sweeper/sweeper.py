@@ -137,8 +137,11 @@ class DiffexpOptunaSweeper(Sweeper):
         from hydra.utils import get_method
         from optuna.trial import TrialState
 
+        from diffexp.runtime import register
         from diffexp.search import Heartbeat
+        from diffexp.warm_start import check_k, enqueue, load_source
 
+        register()  # a live training of this host for as long as the worker lives (threads=auto shares the cores)
         s = self.config.hydra.sweeper
         direction = study_direction(s.direction, OmegaConf.select(self.config, "eval.monitor"))
         seeds = trial_seeds(int(OmegaConf.select(self.config, "seed") or 0), s.seeds_per_trial)
@@ -151,7 +154,13 @@ class DiffexpOptunaSweeper(Sweeper):
         spec = s.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
         if "://" not in spec:
             spec = str(Path(spec).expanduser().resolve())  # a journal file, found again from every job's folder
+        earlier = None
+        if s.warm_start:  # read before anything is made, so a bad source leaves nothing behind
+            check_k(s.warm_start_k)
+            earlier = load_source(str(s.warm_start), s.warm_start_study)
         study = self._open_study(s, spec, sweep_dir, direction)
+        if earlier is not None:
+            enqueue(study, earlier, s.warm_start_k, space, custom is not None)
         deadline = time.monotonic() + s.timeout if s.timeout else None
         failures = 0
         while self._go_on(study, s, deadline, failures):
