@@ -221,6 +221,8 @@ class Evaluate(pl.Callback):
 
     def denoise(self, pl_module) -> dict:
         """The held-out denoising error of the EMA model (`diffexp.denoise`); {} where nothing is held out."""
+        from diffexp.flow import prediction_of
+
         if self.denoise_images is None:
             return {}
         scheduler = pl_module.scheduler
@@ -229,8 +231,8 @@ class Evaluate(pl.Callback):
         with pl_module.ema_weights() as unet:
             figures = denoise_error(
                 lambda x, t: unet(x, t).sample,
-                scheduler.alphas_cumprod,
-                scheduler.config.prediction_type,
+                getattr(scheduler, "alphas_cumprod", None),  # a flow model has none: prediction_of says flow
+                prediction_of(scheduler),
                 self.denoise_images.to(pl_module.device),
             )
         pl_module.unet.train(was_training)

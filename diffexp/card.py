@@ -12,6 +12,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from diffexp.flow_card import own_sampler
 from diffexp.record import RunRecord
 from diffexp.tables import FIGURE_NAMES, SCALE, figure_text, kid_note
 
@@ -70,6 +71,11 @@ def snippet(source: str, scheduler, name: str, steps: int, options: dict, channe
     from diffexp.samplers import SCHEDULERS, Sampler, scheduler_settings
 
     sampler = Sampler(name, steps, options=options)
+    if name.startswith("flow_"):  # a flow model: built on the training shift (diffexp/flow_card.py)
+        from diffexp.flow_card import flow_snippet
+
+        shape = (channels, size)
+        return flow_snippet(source, scheduler, name, steps, sampler.step_options, shape, SNIPPET_N, SNIPPET_SEED)
     cls = SCHEDULERS[name][0]
     settings = scheduler_settings(name, scheduler, **sampler.scheduler_options)
     del settings["trained_betas"]  # written as code below: the pipeline's own training betas
@@ -187,7 +193,7 @@ def figures_section(ev: dict, posthoc_line: str) -> str:
     return "\n".join(lines) + "\n" + denoise
 
 
-def limitations(ev: dict, resolution: Any) -> str:
+def limitations(ev: dict, resolution: Any, own: str = "DDPM at the training steps") -> str:
     net = ev.get("feature_net")
     lines = [
         f"- A small unconditional model at {resolution} px: it makes images like its training set and nothing else; "
@@ -206,7 +212,7 @@ def limitations(ev: dict, resolution: Any) -> str:
             "noisy at these counts; compare figures only at equal counts, and mind the intervals."
         )
     lines.append(
-        "- The pipeline's own `DDPMPipeline.__call__` samples with DDPM at the training steps; the figures above "
+        f"- The pipeline's own `DDPMPipeline.__call__` samples with {own}; the figures above "
         "used the sampler in the first snippet, and another sampler or step count gives other figures."
     )
     return "\n".join(lines)
@@ -231,7 +237,7 @@ The sampler every figure below was made with:
 
 {{ reproduce }}
 
-The pipeline's own sampler is DDPM over all {{ train_steps }} training steps (slower; the figures did not use it):
+The pipeline's own sampler is {{ own_sampler }} (slower; the figures did not use it):
 
 ```python
 import torch
@@ -350,10 +356,10 @@ def model_card(
         snippet=snippet(source, scheduler, sampler, steps, options, channels, size),
         reproduce=f"On a CPU, `{sample_cmd}` draws the same {SNIPPET_N} images (the same seed gives the same "
         "starting noise and step noise).",
-        train_steps=scheduler.config.num_train_timesteps,
+        own_sampler=own_sampler(scheduler),
         source_repr=repr(source),
         figures=figures_section(ev, posthoc_line),
-        limitations=limitations(ev, resolution),
+        limitations=limitations(ev, resolution, own_sampler(scheduler)),
         recipe_table=recipe_table(config, (posthoc or {}).get("ema_sigma_rel", ev.get("ema_sigma_rel"))),
         training_table=training_table(record),
         license=license,

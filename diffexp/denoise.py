@@ -11,6 +11,9 @@ estimate of the clean image is scored, whatever the model predicts.
   image is `alpha * x0 + sigma * noise` with alpha^2 = sigmoid(level), sigma^2 = sigmoid(-level).
 - x0 from the output: epsilon `(x_t - sigma * eps) / alpha`, v `alpha * x_t - sigma * v`, sample: the output itself
   (no clipping).
+- Flow models (`schedule=flow`) see the same images, noise and levels on their own path: x_t = (alpha x0 + sigma
+  noise) / (alpha + sigma), which is (1 - t) x0 + t noise at t = sigma / (alpha + sigma) (SNR = ((1 - t) / t)^2),
+  fed as t x 1000; their x0 estimate is x_t - t v. The x0 error is then the same question asked of both families.
 - Error per level: the mean squared error of x0 in the model's [-1, 1] range, times the weight (1 + SNR), which is
   the error of the equivalent v prediction: each level then counts about equally (a model that only predicts the
   mean image scores about the data variance at low SNR, and the noise error at high SNR).
@@ -57,6 +60,12 @@ def timestep_at(alphas_cumprod: Tensor, level: float) -> float | None:
     return float(i - 1 + (hi - level) / (hi - lo))
 
 
+def flow_timestep(level: float, num_train_timesteps: int = 1000) -> float:
+    """The flow model's timestep input (t x 1000) at log-SNR `level`: t = sigma / (alpha + sigma)."""
+    alpha, sigma = (float(torch.sigmoid(torch.tensor(s * level, dtype=torch.float64)).sqrt()) for s in (1, -1))
+    return num_train_timesteps * sigma / (alpha + sigma)
+
+
 def x0_from_output(
     output: Tensor, x_t: Tensor, alpha: float | Tensor, sigma: float | Tensor, prediction_type: str
 ) -> Tensor:
@@ -68,7 +77,9 @@ def x0_from_output(
         return alpha * x_t - sigma * output
     if prediction_type == "sample":
         return output
-    raise ValueError(f"prediction_type={prediction_type!r}: epsilon, v_prediction or sample")
+    if prediction_type == "flow":  # x_t = (alpha x0 + sigma eps) / (alpha + sigma) = (1 - t) x0 + t eps; v = eps - x0
+        return x_t - sigma / (alpha + sigma) * output
+    raise ValueError(f"prediction_type={prediction_type!r}: epsilon, v_prediction, sample or flow")
 
 
 def reference_images(heldout: Tensor, n: int = IMAGES) -> Tensor:
@@ -81,7 +92,7 @@ def reference_images(heldout: Tensor, n: int = IMAGES) -> Tensor:
 @torch.no_grad()
 def denoise_error(
     model: Callable[[Tensor, Tensor], Tensor],
-    alphas_cumprod: Tensor,
+    alphas_cumprod: Tensor | None,
     prediction_type: str,
     images: Tensor,
     levels: tuple[float, ...] = LEVELS,
@@ -91,8 +102,8 @@ def denoise_error(
 
     Args:
         model: (x_t, fractional timesteps `[B]`) -> the model's output (what it predicts).
-        alphas_cumprod: the run's training schedule, per integer timestep.
-        prediction_type: `epsilon`, `v_prediction` or `sample`.
+        alphas_cumprod: the run's training schedule, per integer timestep (None for a flow model).
+        prediction_type: `epsilon`, `v_prediction`, `sample` or `flow` (the velocity of a flow model).
         images: clean held-out images in [-1, 1] (`reference_images`), on the model's device.
         levels: log-SNR levels.
         batch_size: images per model call.
@@ -102,8 +113,9 @@ def denoise_error(
     """
     out: dict = {"denoise": None, "denoise_levels": {}, "denoise_images": len(images), "denoise_weighting": WEIGHTING}
     weighted = []
+    flow = prediction_type == "flow"
     for k, level in enumerate(levels):
-        t = timestep_at(alphas_cumprod, level)
+        t = flow_timestep(level) if flow else timestep_at(alphas_cumprod, level)
         if t is None:
             lam = log_snr(alphas_cumprod)
             out["denoise_note"] = (
@@ -116,7 +128,7 @@ def denoise_error(
         noise = noise.to(images.device, images.dtype)
         total = 0.0
         for x0, eps in zip(images.split(batch_size), noise.split(batch_size), strict=True):
-            x_t = alpha * x0 + sigma * eps
+            x_t = (alpha * x0 + sigma * eps) / ((alpha + sigma) if flow else 1.0)
             timesteps = torch.full((len(x0),), t, device=x0.device, dtype=torch.float32)
             estimate = x0_from_output(model(x_t, timesteps).float(), x_t, alpha, sigma, prediction_type)
             total += float((estimate.double() - x0.double()).square().sum())
@@ -147,8 +159,10 @@ def denoise_run(folder, count: int = IMAGES) -> dict:
     datamodule.prepare()
     if datamodule.heldout is None or not len(datamodule.heldout):
         raise ConfigError(f"{folder}: its data holds no images out (data.holdout=0): nothing to score against")
+    from diffexp.flow import prediction_of
+
     unet, scheduler = loaded.unet.eval(), loaded.scheduler
     images = reference_images(datamodule.heldout, count).to(unet.device)
     return denoise_error(
-        lambda x, t: unet(x, t).sample, scheduler.alphas_cumprod, scheduler.config.prediction_type, images
+        lambda x, t: unet(x, t).sample, getattr(scheduler, "alphas_cumprod", None), prediction_of(scheduler), images
     )

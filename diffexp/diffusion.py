@@ -13,6 +13,7 @@ from diffusers.optimization import get_scheduler
 
 from diffexp.ema import PowerEMA
 from diffexp.errors import ConfigError
+from diffexp.flow import FlowObjective
 from diffexp.schedule import snr
 
 # optim.decay -> diffusers' LR schedule; each ramps linearly from 0 over the warm-up first.
@@ -46,6 +47,7 @@ class DiffusionModule(pl.LightningModule):
         lr_decay: after warm-up, `cosine` or `linear` (to zero at the end) or `constant`.
         ema: a partial EMA (`diffexp.ema.PowerEMA`) that takes the parameters; None = no EMA.
         snr_gamma: min-SNR-gamma loss weighting (Hang et al. 2023); None for plain MSE.
+        flow: the flow-matching objective of a `schedule=flow` run (`diffexp.flow`); None for the DDPM path.
         channels_last: train in NHWC memory format (faster convolutions on tensor-core GPUs).
         compile: run the training forward pass through `torch.compile`.
         seed: seeds the noise and timesteps, which are drawn per step from `(seed, step, rank)`.
@@ -61,6 +63,7 @@ class DiffusionModule(pl.LightningModule):
         lr_decay: str = "cosine",
         ema: Callable[..., PowerEMA] | None = None,
         snr_gamma: float | None = None,
+        flow: FlowObjective | None = None,
         channels_last: bool = False,
         compile: bool = False,
         seed: int = 0,
@@ -70,7 +73,7 @@ class DiffusionModule(pl.LightningModule):
         check_lr_schedule(warmup, lr_decay)
         self.unet, self.scheduler, self.optimizer_factory = unet, scheduler, optimizer
         self.warmup, self.lr_decay, self.snr_gamma, self.seed = warmup, lr_decay, snr_gamma, seed
-        self.config, self.channels_last = config, channels_last
+        self.config, self.channels_last, self.flow = config, channels_last, flow
         if channels_last:
             unet.to(memory_format=torch.channels_last)
         # Kept off the module's attributes, so checkpoints and exports hold the plain UNet's weights only.
@@ -80,6 +83,8 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
         # Noise and timesteps depend only on (seed, step, rank): a resumed run draws exactly the same ones.
         g = torch.Generator(x0.device).manual_seed((self.seed * 1_000_003 + self.global_step) * 1024 + self.global_rank)
+        if self.flow is not None:
+            return self.flow.loss(self.forward_unet, x0, g, self.channels_last)
         noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=g, device=x0.device)
         xt = self.scheduler.add_noise(x0, noise, t)
@@ -100,7 +105,8 @@ class DiffusionModule(pl.LightningModule):
         return loss.mean()  # LossHistory records every step's loss and lr; RunProgress shows it
 
     def on_fit_start(self) -> None:
-        self.scheduler.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
+        if hasattr(self.scheduler, "alphas_cumprod"):  # a flow run's scheduler has none
+            self.scheduler.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         if self.ema is not None:
             self.ema.to(self.device)
 

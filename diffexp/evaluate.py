@@ -25,6 +25,9 @@ from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.files import free_path
+from diffexp.flow import is_flow_scheduler
+from diffexp.flow_samplers import is_flow_sampler
+from diffexp.frontier import evaluation_grid, mark_inside, nfe
 from diffexp.heldout import Reference, evaluation_reference
 from diffexp.loading import LoadedRun, load_run
 from diffexp.plots import plot_nearest, plot_quality, plot_widths
@@ -58,6 +61,7 @@ COLUMNS = [
     "class_max",
     "not_digit",
     "within_noise",
+    "inside_reference",
     "memorised",
     "memorised_heldout",
     "feature_net",
@@ -133,40 +137,40 @@ def run(cfg: DictConfig) -> Path:
     if widths is not None and (isinstance(widths, int | float | str) or len(widths)):
         return evaluate_widths(cfg)
     n = cfg.n or cfg.eval.n_samples
-    grid = {name: list(cfg.steps) for name in cfg.samplers}
-    if cfg.ddpm_steps:
-        grid["ddpm"] = list(cfg.ddpm_steps)
-    if not grid:
-        raise ConfigError("samplers=[] and ddpm_steps=[]: nothing to evaluate; name a sampler, e.g. samplers=[ddim]")
-    for name, steps in grid.items():
+    for name in cfg.samplers or []:
         if name not in SCHEDULERS:
             raise ConfigError(f"samplers: {name!r} is not a sampler; use some of {sorted(SCHEDULERS)}")
-        if not steps or min(steps) < 1:
-            raise ConfigError(f"steps={steps} for {name}: give step counts of at least 1")
+    for key in ("steps", "ddpm_steps"):
+        if cfg[key] and min(cfg[key]) < 1:
+            raise ConfigError(f"{key}={list(cfg[key])}: give step counts of at least 1")
     device = pick_device(cfg.device)
     set_threads(cfg.threads)
     loaded = load_run(Path(cfg.run))
+    flow = is_flow_scheduler(loaded.scheduler)  # the run's family: its samplers and its reference
+    grid = evaluation_grid(cfg, flow, [k for k in SCHEDULERS if not is_flow_sampler(k)])
     unet = loaded.unet.to(device)
-    for steps in grid.values():
-        check_steps(max(steps), loaded.scheduler, "steps")
+    check_steps(max(steps for _, steps, _ in grid), loaded.scheduler, "steps")
     reference = reference_for(loaded, cfg, n, device)
     floor = reference.floor(n)
     rows = [{"sampler": FLOOR, "n_fake": floor["n"], "n_real": len(reference.real), **flat_row(floor)}]
     pictures = []
-    for name, steps_list in grid.items():
-        for steps in steps_list:
-            start = time.perf_counter()
-            images = sample_seeds(unet, loaded.scheduler, name, steps, n, cfg, device)
-            seconds = time.perf_counter() - start
-            figures, nearest = reference.score(images, seed=cfg.seed)
-            pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
-            row = {"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor)}
-            rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
-            log.info("%s-%d: fid %s %s", name, steps, fid_text(figures), figures["fid_ci"])
+    for name, steps, is_reference in grid:
+        start = time.perf_counter()
+        images = sample_seeds(unet, loaded.scheduler, name, steps, n, cfg, device)
+        seconds = time.perf_counter() - start
+        figures, nearest = reference.score(images, seed=cfg.seed)
+        pictures.append((figures["memorised"], f"{name}-{steps}", nearest))
+        row = {"sampler": name, "steps": steps, "nfe": nfe(name, steps), **flat_row(figures, floor)}
+        row |= {"reference_sampler": is_reference}
+        rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
+        log.info("%s-%d (%d model calls): fid %s %s", name, steps, row["nfe"], fid_text(figures), figures["fid_ci"])
+    mark_inside(rows[1:])
     stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}" + (f"-x{cfg.eval.seeds}" if cfg.eval.seeds > 1 else "")
     path = free_path(Path(cfg.run) / "eval", stem, ".csv")
     write_table(rows, COLUMNS, path, MD_COLUMNS)
-    plot_quality(rows[1:], path.with_suffix(".png"), f"{cfg.eval.net} FID, {n} samples x {cfg.eval.seeds} seeds")
+    family = "flow" if flow else "DDPM"
+    title = f"{cfg.eval.net} FID, {family} samplers, {n} samples x {cfg.eval.seeds} seeds"
+    plot_quality(rows[1:], path.with_suffix(".png"), title)
     # The setting with the largest memorised share (the first of equals), its first seed's samples.
     _, setting, (samples, dist, index) = max(pictures, key=lambda p: p[0])
     plot_nearest(
@@ -218,7 +222,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         records[f"{float(w):g}"] = figures
         pictures.append((figures["memorised"], float(w), nearest))
         seconds = round(time.perf_counter() - start, 2)
-        rows.append({"sampler": name, "steps": steps, "nfe": steps, **flat_row(figures, floor), "seconds": seconds})
+        row = {"sampler": name, "steps": steps, "nfe": nfe(name, steps), **flat_row(figures, floor)}
+        rows.append(row | {"seconds": seconds})
         log.info("ema_sigma_rel %g: fid %s %s", w, fid_text(figures), figures["fid_ci"])
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"

@@ -72,6 +72,13 @@ def save_png(picture, path: Path, info: dict | None = None) -> Path:
     return path
 
 
+def schedule_name(scheduler) -> str:
+    """`cosine`'s beta schedule name, or `flow (shift S)`."""
+    if not hasattr(scheduler, "alphas_cumprod"):
+        return f"flow (shift {float(scheduler.config.shift):g})"
+    return str(scheduler.config.beta_schedule)
+
+
 def plot_noising(scheduler: DDPMScheduler, images: torch.Tensor, path: Path, seed: int = 0) -> Path:
     """`images` (uint8 `[N, C, H, W]`, a few training images) noised to x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
     with the schedule's `add_noise` at timesteps across the run; one row per image, its own seeded noise (the
@@ -80,13 +87,13 @@ def plot_noising(scheduler: DDPMScheduler, images: torch.Tensor, path: Path, see
     ts = sorted({min(total - 1, round(t * (total - 1) / 999)) for t in NOISING_T})
     x0 = images.float().div(127.5).sub(1).cpu()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    noisy = [scheduler.add_noise(x0, noise, torch.full((len(x0),), t, dtype=torch.long)) for t in ts]
-    signal = scheduler.alphas_cumprod.sqrt()
+    signal, scale = (s.float() for s in signal_noise_scales(scheduler))
+    noisy = [signal[t] * x0 + scale[t] * noise for t in ts]  # add_noise's x_t; flow's (1 - t) x0 + t noise
     picture = labelled_grid(
         [[x[i] for x in noisy] for i in range(len(x0))],
         [f"t={t}\nsignal {signal[t]:.2f}" for t in ts],
         [f"#{i}" for i in range(len(x0))],
-        f"forward noising x_t of training images, {scheduler.config.beta_schedule} schedule",
+        f"forward noising x_t of training images, {schedule_name(scheduler)} schedule",
     )
     return save_png(picture, path, {"what": "forward noising", "timesteps": ts})
 
@@ -186,10 +193,11 @@ def plot_schedule(scheduler: DDPMScheduler, path: Path) -> None:
 
     signal, noise = signal_noise_scales(scheduler)
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(signal.numpy(), label=r"$\sqrt{\bar\alpha_t}$ (signal)")
-    ax.plot(noise.numpy(), label=r"$\sqrt{1-\bar\alpha_t}$ (noise)")
-    ax.set_xlabel("timestep t")
-    ax.set_title(f"{scheduler.config.beta_schedule}, {scheduler.config.num_train_timesteps} steps")
+    flow = not hasattr(scheduler, "alphas_cumprod")
+    ax.plot(signal.numpy(), label="1 - t (signal)" if flow else r"$\sqrt{\bar\alpha_t}$ (signal)")
+    ax.plot(noise.numpy(), label="t (noise)" if flow else r"$\sqrt{1-\bar\alpha_t}$ (noise)")
+    ax.set_xlabel("timestep (t x 1000 for flow)" if flow else "timestep t")
+    ax.set_title(f"{schedule_name(scheduler)}, {scheduler.config.num_train_timesteps} steps")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +263,8 @@ def plot_widths(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot_quality(rows: list[dict], path: Path, title: str) -> None:
-    """FID against network evaluations, one line per sampler."""
+    """FID against model calls (NFE), one line per sampler of the family; the family's reference (DDPM-1000 or
+    flow Euler-1000: rows with `reference_sampler`) as a band over its FID interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,6 +272,12 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
+    for r in [r for r in rows if r.get("reference_sampler")]:
+        label = f"reference: {r['sampler']}-{r['steps']}"
+        if r.get("fid_lo") is not None:
+            ax.axhspan(r["fid_lo"], r["fid_hi"], color="grey", alpha=0.2, label=f"{label} (95% CI)")
+        ax.axhline(r["fid"], color="grey", linestyle="--", linewidth=1, label=None if r.get("fid_lo") else label)
+    rows = [r for r in rows if not r.get("reference_sampler")]
     for name in dict.fromkeys(r["sampler"] for r in rows):
         mine = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == name)
         ax.plot(*zip(*mine, strict=True), marker="o", label=name)
@@ -271,10 +286,10 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
         if all(lo is not None for _, lo, _ in mine):
             ax.fill_between([m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine], alpha=0.15)
     ax.set_xscale("log")
-    ax.set_xlabel("network evaluations per image")
+    ax.set_xlabel("model calls per image (NFE)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

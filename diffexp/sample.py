@@ -15,6 +15,8 @@ from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.files import free_path
+from diffexp.flow import is_flow_scheduler
+from diffexp.flow_samplers import follow_family
 from diffexp.loading import load_run
 from diffexp.plots import save_grid
 from diffexp.record import RunRecord
@@ -28,10 +30,11 @@ def run(cfg: DictConfig) -> Path:
     """A grid of `n` samples of the run into RUN/samples/ (a new file each time); same seed, same images."""
     if cfg.n < 2:
         raise ConfigError(f"n={cfg.n}: a grid needs at least 2 images; use n=2 or more")
-    sampler = instantiate(cfg.sampler)
+    instantiate(cfg.sampler)  # a bad sampler setting fails before the run is read
     device = pick_device(cfg.device)
     set_threads(cfg.threads)
     loaded = load_run(Path(cfg.run))
+    sampler = instantiate(follow_family(cfg.sampler, is_flow_scheduler(loaded.scheduler), loaded.config))
     unet = loaded.unet.to(device)
     check_steps(sampler.steps, loaded.scheduler)
     noise, generator = seeded_noise(cfg.n, unet.config.in_channels, unet.config.sample_size, cfg.seed, device)

@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 from diffexp.denoise import x0_from_output
 from diffexp.errors import ConfigError
+from diffexp.flow import is_flow_scheduler
+from diffexp.flow_samplers import FLOW_SCHEDULERS, check_sampler_family, flow_settings, flow_x0, set_grid
 
 # Pixel-space images live in [-1, 1]: DDPM and DDIM clip their x_0 estimate to it (clip_sample), DPM-Solver++ and
 # UniPC threshold it. Without that, the first steps of a cosine schedule (t=999: sigma ~ 2e4) blow up in float32.
@@ -40,6 +42,7 @@ SCHEDULERS = {
     ),
     "euler": (EulerDiscreteScheduler, {"timestep_spacing": "leading", "steps_offset": 1}),
     "unipc": (UniPCMultistepScheduler, THRESHOLD),
+    **FLOW_SCHEDULERS,  # flow_*: the flow family (diffexp/flow_samplers.py), for schedule=flow models only
 }
 
 
@@ -48,6 +51,8 @@ def scheduler_settings(name: str, train_scheduler: DDPMScheduler, **options) -> 
     these out, so it builds the very scheduler diffexp samples with); `trained_betas` is the training betas."""
     if name not in SCHEDULERS:
         raise ConfigError(f"sampler.name={name!r}: use one of {sorted(SCHEDULERS)}")
+    if name in FLOW_SCHEDULERS:  # built from the training shift: a flow model has no betas
+        return flow_settings(name, train_scheduler) | options
     return {
         "trained_betas": train_scheduler.betas.tolist(),
         "beta_schedule": "linear",  # ignored given trained_betas; "sigmoid" would make non-DDPM classes raise
@@ -64,7 +69,10 @@ def scheduler_settings(name: str, train_scheduler: DDPMScheduler, **options) -> 
 
 def sampling_scheduler(name: str, train_scheduler: DDPMScheduler, **options) -> SchedulerMixin:
     """A diffusers scheduler of kind `name` on the training schedule's exact betas."""
+    check_sampler_family(name, is_flow_scheduler(train_scheduler), "sampler.name")
     settings = scheduler_settings(name, train_scheduler, **options)
+    if name in FLOW_SCHEDULERS:
+        return SCHEDULERS[name][0].from_config(settings)
     # diffusers' from_config drops keys listed in `_use_default_values`: without this, trained_betas would be lost.
     config = {k: v for k, v in train_scheduler.config.items() if k != "_use_default_values"}
     return SCHEDULERS[name][0].from_config(config | settings)
@@ -86,14 +94,15 @@ def sample(
     `step_options` go to every `scheduler.step` (e.g. `eta` for DDIM). Returns images in [-1, 1]. A `trajectory`
     list receives `(t, x_t, predicted x0)` at every step (on the CPU); recording changes no sample.
     """
-    scheduler.set_timesteps(steps, device=noise.device)
+    set_grid(scheduler, steps, noise.device)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     extra = ({"generator": generator} if takes_generator else {}) | step_options
-    x = noise * scheduler.init_noise_sigma
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatch schedulers have none: x_1 is the noise
+    scale = getattr(scheduler, "scale_model_input", None)
     for t in tqdm(
         scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
     ):
-        model_input = scheduler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1), the x_t of the DDPM maths
+        model_input = scale(x, t) if scale else x  # Euler: x / sqrt(sigma^2 + 1), the x_t of the DDPM maths
         model_output = unet(model_input, t).sample
         out = scheduler.step(model_output, t, x, **extra)
         if trajectory is not None:
@@ -106,7 +115,10 @@ def sample(
 
 def predicted_x0(scheduler: SchedulerMixin, model_output: torch.Tensor, t, x_t: torch.Tensor) -> torch.Tensor:
     """x0 from the model output and the schedule's alphas, for schedulers whose step returns none (DPM-Solver++,
-    UniPC): epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a); v: sqrt(a) x_t - sqrt(1 - a) v; sample: the output."""
+    UniPC): epsilon: (x_t - sqrt(1 - a) eps) / sqrt(a); v: sqrt(a) x_t - sqrt(1 - a) v; sample: the output;
+    flow: x_t - t v."""
+    if is_flow_scheduler(scheduler):
+        return flow_x0(model_output, t, x_t, scheduler.config.num_train_timesteps)
     a = scheduler.alphas_cumprod.to(x_t.device)[int(t)].to(x_t.dtype)
     return x0_from_output(model_output, x_t, a.sqrt(), (1 - a).sqrt(), scheduler.config.prediction_type)
 
@@ -122,8 +134,10 @@ class Sampler:
     """A named sampler with its number of steps.
 
     Args:
-        name: `ddpm`, `ddim`, `dpm_solver`, `dpm_solver_sde`, `euler` or `unipc`.
-        steps: network evaluations per image (DDPM at fewer than the training steps skips timesteps).
+        name: `ddpm`, `ddim`, `dpm_solver`, `dpm_solver_sde`, `euler` or `unipc`; for flow models `flow_euler`,
+            `flow_heun`, `flow_dpm_solver`, `flow_dpm_solver_sde`, `flow_unipc` or `flow_deis`.
+        steps: steps per image: network evaluations, but flow_heun's 2N - 1 (DDPM at fewer than the training
+            steps skips timesteps).
         batch_size: images denoised at once.
         options: extra settings of the diffusers scheduler: its config keys (e.g. `solver_order`) or arguments of
             its `step` (e.g. `eta` for DDIM).

@@ -52,7 +52,14 @@ def ddpm_scheduler(
 
 
 def signal_noise_scales(scheduler: DDPMScheduler) -> tuple[torch.Tensor, torch.Tensor]:
-    """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) for every timestep."""
+    """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) for every timestep; a flow schedule's 1 - t and t (t = the
+    shifted (k + 1) / N of timestep k)."""
+    if not hasattr(scheduler, "alphas_cumprod"):  # schedule=flow: x_t = (1 - t) x_0 + t noise
+        from diffexp.flow import shifted
+
+        n = scheduler.config.num_train_timesteps
+        t = shifted(torch.arange(1, n + 1, dtype=torch.float64) / n, float(scheduler.config.shift))
+        return 1 - t, t
     a = scheduler.alphas_cumprod.double()
     return a.sqrt(), (1 - a).sqrt()
 

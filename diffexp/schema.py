@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffexp.diffusion import check_lr_schedule
 from diffexp.ema import check_sigma_rel
 from diffexp.errors import ConfigError
+from diffexp.flow import check_family
 from diffexp.posthoc import check_posthoc
 from diffexp.runtime import check_threads, on_gpu
 from diffexp.search import trial_keys
@@ -53,12 +54,17 @@ class Model:
 @dataclass
 class Schedule:
     _target_: str
-    beta_schedule: str
     prediction_type: str
     num_train_timesteps: int
-    beta_start: float
-    beta_end: float
-    rescale_betas_zero_snr: bool
+    beta_schedule: Optional[str] = None  # the DDPM schedules' keys
+    beta_start: Optional[float] = None
+    beta_end: Optional[float] = None
+    rescale_betas_zero_snr: Optional[bool] = None
+    shift: Optional[float] = None  # schedule=flow's keys (diffexp/flow.py)
+    weighting_scheme: Optional[str] = None
+    logit_mean: Optional[float] = None
+    logit_std: Optional[float] = None
+    mode_scale: Optional[float] = None
 
 
 @dataclass
@@ -245,7 +251,8 @@ def check(cfg: DictConfig) -> None:
         check_posthoc(cfg.ema)
     if cfg.loss.snr_gamma is not None and cfg.loss.snr_gamma <= 0:
         raise ConfigError(f"loss.snr_gamma={cfg.loss.snr_gamma}: use a positive gamma (e.g. 5) or null")
-    if cfg.schedule.rescale_betas_zero_snr and cfg.schedule.prediction_type == "epsilon":
+    check_family(cfg.schedule, cfg.loss, cfg.sampler.name, cfg.eval.get("sampler"))  # flow's checks, one line each
+    if cfg.schedule.get("rescale_betas_zero_snr") and cfg.schedule.prediction_type == "epsilon":
         weighting = " and loss.snr_gamma's min(snr, gamma)/snr is 0/0 there" if cfg.loss.snr_gamma else ""
         raise ConfigError(
             "schedule.rescale_betas_zero_snr=true with schedule.prediction_type=epsilon: the last timestep has SNR "

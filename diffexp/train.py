@@ -29,6 +29,7 @@ from diffexp.diffusion import DiffusionModule
 from diffexp.errors import ConfigError, ForeignFolderError, report
 from diffexp.export import export_pipeline
 from diffexp.files import atomic_write_text
+from diffexp.flow import flow_objective
 from diffexp.heldout import evaluation_reference
 from diffexp.loggers import finish_wandb, make_logger, new_id
 from diffexp.metrics import HIGHER_IS_BETTER
@@ -150,6 +151,7 @@ def _module(cfg: DictConfig, speed: Speed, config: dict) -> DiffusionModule:
         lr_decay=cfg.optim.decay,
         ema=instantiate(cfg.ema) if cfg.ema else None,
         snr_gamma=cfg.loss.snr_gamma,
+        flow=flow_objective(OmegaConf.to_container(cfg.schedule)),
         channels_last=speed.channels_last,
         compile=cfg.speed.compile,
         seed=cfg.seed,

@@ -120,7 +120,7 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
     out = compare(compose_app("compare", [f"sweep={sweep}", f"out={tmp_path / 'report'}"]))
     board = rows(out / "leaderboard.csv")
     assert [float(r["kid"]) for r in board] == sorted(r["eval"]["kid"] for r in records)
-    assert {r["basis"] for r in board} == {f"dinov2 {model}, 12 held-out real / 16 fake"}
+    assert {r["basis"] for r in board} == {f"dinov2 {model}, 12 held-out real / 16 fake, 2 model calls"}
     assert "ranked by KID" in (out / "report.md").read_text()
     assert {r["rank"] for r in board} == {"1", "2"}  # one comparison across the two targets
     # diffexp-evaluate scores as training did: below the 32 features FD is refused and KID still scores

@@ -168,3 +168,24 @@ def test_figures_read_kid_x1e3_with_intervals_and_a_noise_mark():
     assert rows[0]["kid x10^3 95% CI"] == "[-5.7, 10.1] (within noise)"
     fid = {"fid": 9.0, "fid 95% CI": "[8.5, 9.5]", "interval": (8.5, 9.5), "eval": {"floor": {"fid": 8.07}}}
     assert readable([fid], ["fid", "fid 95% CI"])[0][0]["fid 95% CI"] == "[8.5, 9.5]"  # clear of the floor
+
+
+@pytest.mark.parametrize("sampler", ["flow_euler", "flow_unipc"])  # the uniform grid; a step that takes no generator
+def test_a_flow_cards_snippet_draws_diffexp_samples_images(tmp_path, sampler):
+    from diffexp.sample import run as sample
+    from diffexp.train import run
+
+    folder = tmp_path / "flow"
+    run(compose_train([*TINY, "logger=csv", "schedule=flow", *EVAL[:6], f"eval.sampler={sampler}"], folder))
+    card = ModelCard.load(folder / "pipeline" / "README.md")
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    assert "FlowMatchEulerDiscreteScheduler" in card.text and "flow Euler" in card.text  # the pipeline's own
+    torch.set_num_threads(1)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own code, as a reader would run it
+    command = re.search(r"`diffexp-sample ([^`]*)`", card.text).group(1).split()
+    assert f"sampler={sampler}" in command
+    grid = sample(compose_train([*command, "threads=1", "device=cpu"], tmp_path / "sample", name="sample"))
+    mine = image_grid(scope["samples"])
+    mine = mine.resize((mine.width * 4, mine.height * 4), Image.NEAREST)
+    assert np.array_equal(np.asarray(mine), np.asarray(Image.open(grid)))

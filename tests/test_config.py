@@ -13,12 +13,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from hydra.utils import instantiate
 
 from diffexp.config import CONF_DIR, options
 from diffexp.data import ImageDataModule
 from diffexp.errors import ConfigError
+from diffexp.flow_samplers import is_flow_sampler, set_grid
 from diffexp.schema import check, validate
 from helpers import REPO, compose_train, save_hub_copy, write_image_folder
 
@@ -87,6 +88,11 @@ def build_model(cfg, tmp_path):
 
 
 def build_schedule(cfg, tmp_path):
+    if cfg.schedule.prediction_type == "flow":  # schedule=flow: the FlowMatch scheduler of its shift
+        s = instantiate(cfg.schedule)
+        assert isinstance(s, FlowMatchEulerDiscreteScheduler) and s.config.shift == cfg.schedule.shift
+        assert s.config.num_train_timesteps == cfg.schedule.num_train_timesteps
+        return
     for prediction in PREDICTIONS:
         cfg.schedule.prediction_type = prediction
         s = instantiate(cfg.schedule)
@@ -119,7 +125,15 @@ def build_sampler(cfg, tmp_path):
 
     sampler = instantiate(cfg.sampler)
     assert sampler.name == cfg.sampler.name and sampler.steps == cfg.sampler.steps
-    for schedule in options("schedule"):  # every sampler runs on every training schedule
+    flow = is_flow_sampler(sampler.name)
+    if flow:  # the flow family samples schedule=flow models only, on their shift
+        train = instantiate(compose(tmp_path, "schedule=flow", "schedule.shift=3.0").schedule)
+        scheduler = sampling_scheduler(sampler.name, train)
+        assert scheduler.config.get("shift", scheduler.config.get("flow_shift")) == 3.0
+        set_grid(scheduler, 4)
+        assert len(scheduler.timesteps) >= 4 and float(scheduler.timesteps[0]) >= 999
+        return
+    for schedule in [s for s in options("schedule") if s != "flow"]:  # every DDPM sampler on every DDPM schedule
         train = instantiate(compose(tmp_path, f"schedule={schedule}").schedule)
         scheduler = sampling_scheduler(sampler.name, train)
         # the training noise levels exactly, not the sampler class's default betas

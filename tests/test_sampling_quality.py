@@ -7,6 +7,7 @@ import torch
 
 from diffexp.data import digits_images, to_uint8
 from diffexp.features import load_feature_net
+from diffexp.flow_samplers import is_flow_sampler
 from diffexp.loading import load_run
 from diffexp.metrics import fid
 from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
@@ -32,7 +33,7 @@ def test_every_sampler_gives_digits_on_every_schedule(tiny_cfg, tmp_path, schedu
     net = load_feature_net("digits", 1, 16)
     real = net.features(digits_images(16))
     scores = {}
-    for name in SCHEDULERS:
+    for name in [n for n in SCHEDULERS if not is_flow_sampler(n)]:  # the DDPM family
         steps = 100 if name == "ddpm" else 25
         noise, generator = seeded_noise(200, 1, 16, seed=1)
         images = to_uint8(Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, generator, progress=False))
@@ -58,3 +59,21 @@ def test_sampler_options_reach_the_scheduler_config_or_its_step():
     assert not torch.equal(images("ddim"), images("ddim", eta=1.0))
     assert torch.equal(images("ddim", eta=1.0), images("ddim", eta=1.0))  # the seed fixes eta's noise
     assert not torch.equal(images("dpm_solver"), images("dpm_solver", solver_order=1))
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_flow_model_gives_digits_with_every_flow_sampler(tiny_cfg, tmp_path):
+    """400 steps of schedule=flow on tiny: every flow sampler at 25 steps under FID 30 against all 1797 digits (200
+    samples, seed 1). Measured 2026-12-02 on 2 busy CPU cores: 16.7 (flow_unipc) to 19.9 (flow_deis), flow_euler
+    17.2; pure noise 588."""
+    run(tiny_cfg("schedule=flow", "model=tiny", "data.resolution=16", "data.batch_size=64", "trainer.max_steps=400",
+                 "preview.every_n_steps=0", "optim.optimizer.lr=3e-3", "threads=2"))  # fmt: skip
+    loaded = load_run(tmp_path / "run")
+    net = load_feature_net("digits", 1, 16)
+    real = net.features(digits_images(16))
+    scores = {}
+    for name in [n for n in SCHEDULERS if is_flow_sampler(n)]:
+        noise, generator = seeded_noise(200, 1, 16, seed=1)
+        images = to_uint8(Sampler(name, 25)(loaded.unet, loaded.scheduler, noise, generator, progress=False))
+        scores[name] = fid(real, net.features(images))
+    assert len(scores) == 6 and max(scores.values()) < 30, scores

@@ -6,6 +6,7 @@ import logging
 import math
 import statistics
 
+from diffexp.flow_samplers import model_calls
 from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.runs import natural_key, recipe_setting
 from diffexp.stats import mean_interval, welch
@@ -93,6 +94,9 @@ def loss_group(config: dict) -> str:
     parts.append(f"{schedule.get('prediction_type', '?')} target")
     gamma = loss.get("snr_gamma")
     parts.append(f"min-SNR-{gamma:g} weighting" if isinstance(gamma, int | float) else "plain MSE")
+    if schedule.get("weighting_scheme"):  # schedule=flow: its shift and timestep density or loss weighting
+        parts[0] = f"flow schedule (shift {schedule.get('shift', 1.0):g})"
+        parts[-1] = f"{schedule['weighting_scheme']} weighting"
     return ", ".join(parts)
 
 
@@ -111,6 +115,8 @@ def score(run: dict, metric: str) -> dict:
         reference = "held-out" if ev.get("reference") == "heldout" else "training"
         net = " ".join(str(ev[k]) for k in ("feature_net", "feature_model") if ev.get(k))  # eval=dinov2: its model
         basis = f"{net}, {ev.get('n_real')} {reference} real / {ev.get('n_fake')} fake"
+        if ev.get("sampler") and ev.get("sampler_steps"):  # either family's sampler, ranked together at equal calls
+            basis += f", {model_calls(ev['sampler'], int(ev['sampler_steps']))} model calls"
         if metric == "denoise":
             levels = len(ev.get("denoise_levels") or ())
             target = (run["config"].get("schedule") or {}).get("prediction_type", "?")

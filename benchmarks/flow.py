@@ -1,0 +1,157 @@
+"""Flow matching against diffexp's best recipe at equal images seen, and the few-step frontier of each family.
+
+    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier] [--seeds 0 1 2] [OVERRIDE...]
+
+- `grid`: a tiny flow model (400 steps of 64, lr 3e-3), scored with flow Euler at 4-10 model calls on the uniform
+  grid (sigma 1, ..., 1/N) and on diffusers' own `set_timesteps(N)` (last call at sigma 0.001); `DIR/grid.md`.
+- `tune`: flow's learning rate x weighting_scheme on tiny at 96k images (one seed; `DIR/multirun/flow-tune`).
+- `compare`: the best tuned flow recipe and `experiment=digits_best_tiny` over the training seeds at 96k images,
+  each scored at the end with 5 sampling seeds x 256 samples; `diffexp-compare` over both (`DIR/report/`).
+- `frontier`: `diffexp-evaluate` on seed 0 of each: its family's samplers at 4-25 steps and its reference at 1000.
+
+Every step is a plain diffexp command logged in `DIR/logs/`; the same command again skips what is done (sweeps
+skip finished jobs and resume unfinished ones). OVERRIDEs go to every training run (e.g. `trainer=gpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PY = sys.executable
+BUDGET = ["budget.images=96000", "threads=1", "logger=csv"]
+TUNE = {"optim.optimizer.lr": "1e-3,3e-3,6e-3", "schedule.weighting_scheme": "logit_normal,uniform,cosmap"}
+STEPS = [4, 5, 6, 8, 10]
+
+
+def command(out: Path, name: str, args: list[str]) -> None:
+    """Runs `python -m diffexp.<args[0]> args[1:]`, its output in DIR/logs/<name>.log; stops on failure."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    with (out / "logs" / f"{name}.log").open("a") as log:
+        print(f"[flow bench] {name}: {' '.join(args)}", flush=True)
+        done = subprocess.run([PY, "-m", f"diffexp.{args[0]}", *args[1:]], stdout=log, stderr=log, cwd=out)
+    if done.returncode:
+        sys.exit(f"{name} failed: see {out / 'logs' / f'{name}.log'}")
+
+
+def finished(folder: Path) -> bool:
+    record = folder / "metrics.json"
+    return record.exists() and json.loads(record.read_text()).get("status") == "finished"
+
+
+def grid_scores(out: Path, extra: list[str]) -> None:
+    """Trains the grid model where missing, then scores both grids with the held-out reference (5 x 256)."""
+    import torch
+
+    from diffexp import flow_samplers
+    from diffexp.data import to_uint8
+    from diffexp.loading import load_run
+    from diffexp.samplers import Sampler, seeded_noise
+
+    model = out / "grid-model"
+    if not finished(model):
+        args = ["schedule=flow", "data.resolution=16", "data.batch_size=64", "trainer.max_steps=400",
+                "optim.optimizer.lr=3e-3", "preview.every_n_steps=0", "eval=none", "threads=1"]  # fmt: skip
+        args.append("logger=csv")
+        command(out, "grid-train", ["train", *args, *extra, f"hydra.run.dir={model}"])
+    torch.set_num_threads(1)
+    loaded = load_run(model)
+    reference = grid_reference(loaded)
+    rows = []
+    for kind in ("uniform", "diffusers"):
+        flow_samplers.EULER_GRID = kind  # the setting this stage measures
+        for steps in STEPS:
+            images = []
+            for seed in range(5):
+                noise, g = seeded_noise(256, 1, 16, seed)
+                images.append(to_uint8(Sampler("flow_euler", steps)(loaded.unet, loaded.scheduler, noise, g, False)))
+            figures, _ = reference.score(images, seed=0)
+            rows.append({"grid": kind, "nfe": steps, "fid": figures["fid"], "fid_ci": figures["fid_ci"]})
+            print(f"[flow bench] grid {kind} {steps}: FID {figures['fid']:.2f} {figures['fid_ci']}", flush=True)
+    (out / "grid.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| NFE | uniform grid FID (95% CI) | diffusers' set_timesteps(N) FID (95% CI) |", "| --- | --- | --- |"]
+    for steps in STEPS:
+        cells = [next(r for r in rows if r["grid"] == k and r["nfe"] == steps) for k in ("uniform", "diffusers")]
+        lines.append(f"| {steps} | " + " | ".join(f"{c['fid']:.2f} [{c['fid_ci'][0]:.2f}, {c['fid_ci'][1]:.2f}]"
+                                                  for c in cells) + " |")  # fmt: skip
+    (out / "grid.md").write_text("\n".join(lines) + "\n\n5 sampling seeds x 256 samples against the held-out digits.\n")
+
+
+def grid_reference(loaded):
+    """The held-out digits reference the evaluation uses (digits features, 256 samples a seed)."""
+    from omegaconf import OmegaConf
+
+    from diffexp.config import instantiate
+    from diffexp.heldout import evaluation_reference
+
+    data = loaded.config["data"]
+    datamodule = instantiate(data, seed=0)
+    datamodule.prepare()
+    ev = OmegaConf.create(loaded.config["eval"] | {"net": "digits", "n_samples": 256, "reference_size": None})
+    return evaluation_reference(ev, data, datamodule, 256, setting="n", device="cpu")
+
+
+def tune(out: Path, extra: list[str]) -> None:
+    sweep = [f"{k}={v}" for k, v in TUNE.items()]
+    command(out, "tune", ["train", "-m", "schedule=flow", *BUDGET, *sweep, *extra, "sweep_name=flow-tune"])
+
+
+def best_flow(out: Path) -> list[str]:
+    """The tuned flow recipe with the lowest final FID (one seed each: a brief tuning, not a verdict)."""
+    records = (out / "multirun" / "flow-tune").glob("*/metrics.json")
+    runs = [json.loads(p.read_text()) | {"dir": p.parent} for p in records]
+    runs = [r for r in runs if r.get("status") == "finished" and (r.get("eval") or {}).get("fid") is not None]
+    if not runs:
+        sys.exit("compare: run --only tune first (no finished tuning run)")
+    best = min(runs, key=lambda r: r["eval"]["fid"])
+    overrides = (best["dir"] / ".hydra" / "overrides.yaml").read_text().split("\n")
+    return [o.removeprefix("- ").strip("'\"") for o in overrides if o.startswith("- ") and any(k in o for k in TUNE)]
+
+
+def compare(out: Path, seeds: list[int], extra: list[str]) -> None:
+    seed_list = "seed=" + ",".join(map(str, seeds))
+    flow = best_flow(out)
+    command(out, "compare-flow", ["train", "-m", "schedule=flow", *flow, *BUDGET, seed_list, *extra,
+                                  "sweep_name=flow-best"])  # fmt: skip
+    command(out, "compare-best", ["train", "-m", "experiment=digits_best_tiny", *BUDGET, seed_list, *extra,
+                                  "sweep_name=digits-best-tiny"])  # fmt: skip
+    sweeps = [out / "multirun" / s for s in ("flow-best", "digits-best-tiny")]
+    runs = sorted(str(p.parent) for sweep in sweeps for p in sweep.glob("*/metrics.json"))
+    command(out, "report", ["compare", f"runs=[{','.join(runs)}]", f"out={out / 'report'}"])
+
+
+def frontier(out: Path) -> None:
+    for sweep in ("flow-best", "digits-best-tiny"):
+        run = out / "multirun" / sweep / "0"
+        marker = out / "logs" / f"frontier-{sweep}.done"
+        if marker.exists():
+            continue
+        steps = "steps=[" + ",".join(map(str, [*STEPS, 25])) + "]"
+        command(out, f"frontier-{sweep}", ["evaluate", f"run={run}", steps, "ddpm_steps=[1000]", "n=256", "threads=1"])
+        marker.write_text("done\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", default="grid,tune,compare,frontier")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args, extra = parser.parse_known_args()
+    out = args.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stages = args.only.split(",")
+    if "grid" in stages:
+        grid_scores(out, extra)
+    if "tune" in stages:
+        tune(out, extra)
+    if "compare" in stages:
+        compare(out, args.seeds, extra)
+    if "frontier" in stages:
+        frontier(out)
+
+
+if __name__ == "__main__":
+    main()
