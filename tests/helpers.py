@@ -238,3 +238,14 @@ def trained_once_each(sweep: Path, trials: list) -> list:
     assert not any("repeat_of" in t.user_attrs for t in trials), [t.user_attrs for t in trials]
     assert len(list(sweep.glob("trial-*"))) == len(trained)
     return trained
+
+
+# Refusals
+
+
+HYDRA_RECORD = {".hydra", "train.log"}  # what Hydra writes before the task runs; a refused run adds nothing
+
+
+def assert_only_hydra_record(folder: Path) -> None:
+    left = {p.name for p in folder.iterdir()}
+    assert left <= HYDRA_RECORD, f"a refused run wrote {sorted(left - HYDRA_RECORD)} into {folder}"

@@ -22,9 +22,7 @@ from PIL import Image
 
 from diffexp.errors import ConfigError
 from diffexp.train import run
-from helpers import save_hub_copy
-
-HYDRA_RECORD = {".hydra", "train.log"}  # what Hydra writes before the task runs; a refused run adds nothing
+from helpers import HYDRA_RECORD, assert_only_hydra_record, save_hub_copy
 
 # name: (overrides, the setting the message must name); {hub}, {empty}, {hidden} and {tmp} are filled in per test.
 CASES = {
@@ -80,11 +78,6 @@ def places(tmp_path_factory) -> dict[str, str]:
 
 def fill(overrides: list[str], places: dict[str, str]) -> list[str]:
     return [o.format(**places) for o in overrides]
-
-
-def assert_only_hydra_record(folder: Path) -> None:
-    left = {p.name for p in folder.iterdir()}
-    assert left <= HYDRA_RECORD, f"a refused run wrote {sorted(left - HYDRA_RECORD)} into {folder}"
 
 
 @pytest.mark.parametrize("case", CASES)

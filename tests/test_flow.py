@@ -11,15 +11,14 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.training_utils import compute_density_for_timestep_sampling
-from test_bad_input import assert_only_hydra_record
 
-from conftest import TINY, compose_train
 from diffexp.denoise import denoise_error, flow_timestep
 from diffexp.errors import ConfigError
 from diffexp.flow import FlowObjective, flow_scheduler, search_space
 from diffexp.flow_samplers import FLOW_SCHEDULERS, model_calls, set_grid
 from diffexp.samplers import Sampler
 from diffexp.train import run as train
+from helpers import TINY, assert_only_hydra_record, compose_train
 
 FLOW = [*TINY, "schedule=flow", "logger=csv"]
 EVAL = ["eval=digits", "data.resolution=16", "eval.n_samples=64", "eval.every_n_steps=2", "eval.reference_size=100",
