@@ -26,6 +26,7 @@ from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.files import free_path
 from diffexp.heldout import Reference, evaluation_reference
+from diffexp.identity import run_data_mark
 from diffexp.loading import LoadedRun, load_run
 from diffexp.plots import plot_nearest, plot_quality, plot_widths
 from diffexp.runtime import pick_device, set_threads
@@ -60,6 +61,7 @@ COLUMNS = [
     "within_noise",
     "memorised",
     "memorised_heldout",
+    "data_check",
     "feature_net",
     "reference",
     "n_real",
@@ -69,7 +71,7 @@ COLUMNS = [
     "images_per_s",
 ]
 MD_COLUMNS = ["sampler", "steps", "FID (95% CI)", "KID x10^3 (95% CI)", "precision (95% CI)", "recall (95% CI)"]
-MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real"]
+MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real", "data_check"]
 FLOOR = "floor: real training images"
 
 
@@ -84,8 +86,11 @@ def reference_for(loaded: LoadedRun, cfg: DictConfig, n: int, device) -> Referen
         )
     datamodule = instantiate(data, seed=0)
     datamodule.prepare()
+    mark = run_data_mark(Path(cfg.run), datamodule, bool(cfg.get("allow_changed_data")), f"run={cfg.run}")
     setting = "n" if cfg.n else "eval.n_samples"
-    return evaluation_reference(cfg.eval, data, datamodule, n, setting=setting, device=device)
+    reference = evaluation_reference(cfg.eval, data, datamodule, n, setting=setting, device=device)
+    reference.data_check = mark  # every figure carries it
+    return reference
 
 
 def flat_row(figures: dict, floor: dict | None = None) -> dict:
@@ -176,7 +181,8 @@ def run(cfg: DictConfig) -> Path:
         f"\nAgainst {len(reference.real)} held-out images ({cfg.eval.net} features); intervals 95% (FID: t over "
         f"{cfg.eval.seeds} sampling seeds; KID, precision, recall: bootstrap). memorised: share of samples nearer a "
         f"training image than all but {reference.memorised_heldout:.1%} of held-out images are "
-        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}. {kid_note()}\n"
+        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}. {kid_note()} "
+        f"Held-out set against the run's: {reference.data_check}.\n"
     )
     with path.with_suffix(".md").open("a") as f:
         f.write(note)
@@ -233,7 +239,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         f.write(
             f"\nEMA of each width reconstructed from {held['snapshots']} snapshots at step {held['step']}; against "
             f"{len(reference.real)} held-out images, intervals 95% (FID: t over {cfg.eval.seeds} sampling seeds). "
-            f"{picture.name} shows width {shown:g}. {kid_note()}\n"
+            f"{picture.name} shows width {shown:g}. {kid_note()} Held-out set against the run's: "
+            f"{reference.data_check}.\n"
         )
     print(path.with_suffix(".md").read_text())
     return path

@@ -36,6 +36,7 @@ class Data:
     split: Optional[str] = None
     path: Optional[str] = None
     holdout: Optional[float] = None
+    revision: Optional[str] = None
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Train:
     speed: Speed
     checkpoint: Checkpoint
     verbose: bool = False
+    allow_changed_data: bool = False  # resume= a run whose held-out set changed (diffexp.identity)
     optuna: Optuna = field(default_factory=Optuna)  # set by the Optuna sweeper; no part of the recipe
 
 
