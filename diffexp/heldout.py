@@ -23,7 +23,6 @@ from diffexp.features import PIXEL_SPACE, load_feature_net, pixel_space
 from diffexp.files import atomic_write_text, write_atomic
 from diffexp.metrics import (
     MEMORISED_FACTOR,
-    check_sample_count,
     fd_refusal,
     fid,
     kid,
@@ -52,6 +51,7 @@ class Reference:
     kid_subset_size: int = 100
     floors: dict = field(default_factory=dict)
     train_pixels: Tensor | None = None  # the training images in the memorisation space
+    data_check: str | None = None  # how the data compares with the run's recorded held-out set (diffexp.identity)
 
     @classmethod
     def build(
@@ -138,10 +138,8 @@ class Reference:
         return self.floors[key]
 
     def fd_refusal(self, n: int) -> str | None:
-        """Why FD is refused at `n` samples (eval=dinov2 below its feature width; the digits and Inception nets
-        check the sample count before any work instead: `diffexp.metrics.check_sample_count`)."""
-        if self.net.name != "dinov2":
-            return None
+        """Why FD is refused at `n` samples: for every feature net, unless there are more reference images and more
+        samples than its feature width (`diffexp.metrics.fd_refusal`)."""
         return fd_refusal(len(self.real), n, self.real.shape[1], self.net.name)
 
     def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,6 +172,8 @@ class Reference:
         if getattr(self.net, "source", None):  # eval=dinov2: which model (a Hub id or a folder)
             figures["feature_model"] = self.net.source
         dist, index = self.memorised(torch.cat(list(image_sets)))
+        if self.data_check is not None:
+            figures["data_check"] = self.data_check
         figures |= {
             "reference": "heldout",
             "floor": self.floor(len(image_sets[0])),
@@ -194,23 +194,21 @@ def evaluation_reference(
     (on `device`), the sample count `n` (given by `setting`) checked against its width before any sampling, and
     the held-out reference of the prepared `datamodule` (built from `data_cfg`).
 
-    eval=dinov2 refuses FD below its width and KID ranks (with `monitored`, training's `eval.monitor=fid` is then
-    refused: the best checkpoint would be chosen by a figure that is not computed); other nets refuse the count.
+    Every net (digits, dinov2, inception) refuses FD unless the reference images and the samples both outnumber its
+    feature width, and KID ranks; training goes on, but with `monitored`, training's `eval.monitor=fid` is then
+    refused (the best checkpoint would be chosen by a figure that is not computed).
     """
     if eval_cfg.seeds < 1:
         raise ConfigError(f"eval.seeds={eval_cfg.seeds}: sample at least 1 seed (5 give FID an interval)")
     net = load_feature_net(eval_cfg.net, data_cfg["channels"], data_cfg["resolution"], eval_cfg.get("model"))
     if device is not None:
         net = net.to(device)
-    if eval_cfg.net == "dinov2":
-        held = 0 if datamodule.heldout is None else len(datamodule.heldout)
-        refused = fd_refusal(min(eval_cfg.reference_size or held, held), n, net.num_features, eval_cfg.net)
-        if refused and monitored and eval_cfg.monitor == "fid":
-            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
-        if refused:
-            log.warning(refused)
-    else:
-        check_sample_count(n, net.num_features, eval_cfg.net, setting)
+    held = 0 if datamodule.heldout is None else len(datamodule.heldout)
+    refused = fd_refusal(min(eval_cfg.reference_size or held, held), n, net.num_features, eval_cfg.net)
+    if refused and monitored and eval_cfg.monitor == "fid":
+        raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
+    if refused:
+        log.warning("%s: %s", setting, refused)
     return Reference.of_data(datamodule, data_cfg, net, eval_cfg)
 
 

@@ -73,7 +73,7 @@ def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_pa
     objective = train(
         compose_train(
             [*TINY, "logger=csv", "data.resolution=16", "eval=digits", "ema=posthoc", "ema.snapshot_every=32"]
-            + ["trainer.max_steps=6", "eval.every_n_steps=3", "eval.n_samples=64", "eval.reference_size=100"]
+            + ["trainer.max_steps=6", "eval.every_n_steps=3", "eval.n_samples=65", "eval.reference_size=100"]
             + ["eval.sampler_steps=2", "eval.seeds=2", "ema.eval_sigma_rel=[0.05,0.1,0.2]"],
             folder,
         )
@@ -92,9 +92,9 @@ def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_pa
     unet = DDPMPipeline.from_pretrained(folder / "pipeline").unet
     assert all(torch.allclose(p, chosen[n], atol=1e-7) for n, p in unet.named_parameters())
 
-    args = [f"run={folder}", "ema_sigma_rel=[0.05,0.2]", "n=64", "eval.reference_size=100", "eval.seeds=2"]
+    args = [f"run={folder}", "ema_sigma_rel=[0.05,0.2]", "n=65", "eval.reference_size=100", "eval.seeds=2"]
     table = evaluate(compose_train([*args, "threads=1"], tmp_path / "evaluate", name="evaluate"))
-    assert table.name == "ema_sigma_rel-0.05_0.2-dpm_solver_sde-2-digits-n64-seed0-x2.csv"
+    assert table.name == "ema_sigma_rel-0.05_0.2-dpm_solver_sde-2-digits-n65-seed0-x2.csv"
     rows = list(csv.DictReader(table.open()))[1:]
     assert [(float(r["ema_sigma_rel"]), r["sampler"], r["steps"]) for r in rows] == [
         (0.05, "dpm_solver_sde", "2"),
