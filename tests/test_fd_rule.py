@@ -34,7 +34,8 @@ def test_fd_is_refused_at_the_width_and_computed_above_it(net, width):
 
 def test_the_shipped_inception_default_is_above_its_width():
     shipped = OmegaConf.load(Path(CONF_DIR) / "eval" / "inception.yaml")
-    assert shipped.n_samples > INCEPTION_WIDTH and fd_refusal(shipped.reference_size, shipped.n_samples, 2048, "") is None
+    assert shipped.n_samples > INCEPTION_WIDTH
+    assert fd_refusal(shipped.reference_size, shipped.n_samples, INCEPTION_WIDTH, "inception") is None
 
 
 def test_the_digits_net_leaves_fd_out_at_its_width_and_kid_ranks(tmp_path):
