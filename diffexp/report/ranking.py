@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from diffexp.identity import describe
 from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.runs import natural_key, recipe_setting
 from diffexp.stats import mean_interval, welch
@@ -37,10 +38,25 @@ def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:
     )
 
 
+def data_basis(run: dict) -> str:
+    """What data a run's figure is of: the dataset (name or path), resolution, channels and held-out set (its
+    fingerprint; runs made before it was recorded say so). Figures of different data are never compared."""
+    data = (run.get("config") or {}).get("data") or {}
+    name = data.get("name") or data.get("path") or str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+    held = f"held-out {describe(run['heldout'])}" if run.get("heldout") else "no held-out fingerprint"
+    return f"{name} {data.get('resolution', '?')}px {data.get('channels', '?')}ch, {held}"
+
+
 def basis_note(metric: str, bases: list[str]) -> str | None:
     """The line saying why runs of several bases are ranked apart (None with one basis)."""
     if len(bases) < 2:
         return None
+    data = sorted({b.split(" | ", 1)[0] for b in bases})
+    if len(data) > 1:
+        return (
+            f"Runs are of different data ({'; '.join(data)}): a figure is only comparable on one dataset, resolution, "
+            f"channel count and held-out set, so each is ranked on its own."
+        )
     if metric == "denoise":
         return (
             f"Held-out denoising errors of different prediction targets do not rank runs as sample quality does "
@@ -90,6 +106,7 @@ def score(run: dict, metric: str) -> dict:
             levels = len(ev.get("denoise_levels") or ())
             target = (run["config"].get("schedule") or {}).get("prediction_type", "?")
             basis = f"held-out denoising error, {target} target, {ev.get('denoise_images')} images x {levels} levels"
+    basis = f"{data_basis(run)} | {basis}"
     ranked = run["status"] == "finished" and isinstance(value, int | float) and math.isfinite(value)
     ev = run["eval"]
     ci = ev.get(f"{metric}_ci") if metric != "final_loss" else None
