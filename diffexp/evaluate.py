@@ -229,7 +229,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
     path = free_path(run_dir / "eval", stem, ".csv")
-    write_table(rows, ["ema_sigma_rel", *COLUMNS], path, ["ema_sigma_rel", *MD_COLUMNS])
+    width = ["ema_sigma_rel", "profile_error"]  # each width beside how well the snapshots build it
+    write_table(rows, [*width, *COLUMNS], path, [*width, *MD_COLUMNS])
     path.with_suffix(".json").write_text(json.dumps({"ema_sigma_rel": records}, indent=1, default=str) + "\n")
     plot_widths(rows[1:], path.with_suffix(".png"), f"{cfg.eval.net} FID, {name}-{steps}, {n} x {cfg.eval.seeds}")
     _, shown, (samples, dist, index) = max(pictures, key=lambda p: p[0])

@@ -112,6 +112,8 @@ class Ema:
     sigma_rel: float
     sigma_rels: Optional[list[float]] = None  # ema=posthoc's keys
     snapshot_every: Optional[int] = None
+    snapshots: Optional[int] = None  # ema=posthoc: snapshots a run (snapshot_every, where set, replaces it)
+    max_profile_error: Optional[float] = None
     eval_sigma_rel: Optional[list[float]] = None
 
 

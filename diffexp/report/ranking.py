@@ -120,8 +120,17 @@ def score(run: dict, metric: str) -> dict:
         **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake", "memorised")},
         # ema=posthoc: the width the run chose, and its figure at the recipe's fixed width (ema.sigma_rel)
         "ema_sigma_rel": ev.get("ema_sigma_rel"),
+        "ema_profile_error": ev.get("ema_profile_error"),  # how well the snapshots built it (diffexp.profiles)
         "fixed": ev.get(f"{metric}_fixed") if metric != "final_loss" else None,
     }
+
+
+def width_label(run: dict) -> str | None:
+    """A post-hoc run's chosen width with its profile error beside it (runs recorded before the error: the width)."""
+    width, error = run.get("ema_sigma_rel"), run.get("ema_profile_error")
+    if not isinstance(width, int | float):
+        return width
+    return f"{width:g}" + (f" (profile error {error:.1%})" if isinstance(error, int | float) else "")
 
 
 def size_order(runs: list[dict]) -> list[str]:
@@ -196,7 +205,7 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
                 # where one seed gives no interval over seeds, its run's interval over sampling seeds, if any
                 "interval": interval[1:] if interval else members[0]["interval"] if len(members) == 1 else None,
                 "samples": " ".join(sorted({m["samples"] for m in members if m.get("samples")})) or None,
-                "ema_sigma_rel": " ".join(f"{m['ema_sigma_rel']:g}" for m in members if m.get("ema_sigma_rel")) or None,
+                "ema_sigma_rel": " ".join(width_label(m) for m in members if m.get("ema_sigma_rel")) or None,
                 "fixed": _mean([m.get("fixed") for m in members]),
                 "final_loss": _mean([m["final_loss"] for m in members]),
                 "images_seen": _mean([m["images_seen"] for m in members]),
