@@ -52,6 +52,7 @@ class Reference:
     floors: dict = field(default_factory=dict)
     train_pixels: Tensor | None = None  # the training images in the memorisation space
     data_check: str | None = None  # how the data compares with the run's recorded held-out set (diffexp.identity)
+    flips: bool = False  # the data trains with horizontal flips: a mirrored copy of a training image is a copy too
 
     @classmethod
     def build(
@@ -63,6 +64,7 @@ class Reference:
         cache_dir: Path,
         reference_size: int | None = None,
         kid_subset_size: int = 100,
+        flips: bool = False,
     ) -> Reference:
         """The reference of one dataset and feature net (features cached on disk).
 
@@ -74,6 +76,7 @@ class Reference:
             cache_dir: where the cache files go.
             reference_size: held-out images in the reference set (the first of a seed-0 permutation); None = all.
             kid_subset_size: KID subset size, for the floor as for the samples.
+            flips: the data trains with horizontal flips: memorisation compares against mirrored training images too.
         """
         if len(heldout) < 4:
             raise ConfigError(
@@ -88,7 +91,7 @@ class Reference:
         path = Path(cache_dir).expanduser() / f"{name}{str(net.checksum)[:12]}-{digest}.safetensors"
         real, train_feats = _cached_features(path, net, {"real": chosen, "train": floor_train}, key)
         train_pixels = pixel_space(train.cpu(), shifts=False).squeeze(1)
-        held_dist, _ = nearest(pixel_space(heldout.cpu()), train_pixels)
+        held_dist, _ = nearest(memorisation_query(heldout.cpu(), flips), train_pixels)
         threshold = memorisation_threshold(held_dist)
         return cls(
             real,
@@ -100,6 +103,7 @@ class Reference:
             path,
             kid_subset_size,
             train_pixels=train_pixels,
+            flips=flips,
         )
 
     @classmethod
@@ -115,6 +119,7 @@ class Reference:
             Path(eval_cfg.cache_dir),
             eval_cfg.reference_size,
             eval_cfg.kid_subset_size,
+            flips=bool(data.get("flip")),
         )
 
     def floor(self, n: int) -> dict:
@@ -146,7 +151,7 @@ class Reference:
         """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
         if self.train_pixels is None:
             self.train_pixels = pixel_space(self.train_images, shifts=False).squeeze(1)
-        return nearest(pixel_space(samples.cpu()), self.train_pixels)
+        return nearest(memorisation_query(samples.cpu(), self.flips), self.train_pixels)
 
     def score(self, image_sets: list[Tensor], seed: int = 0) -> tuple[dict, tuple[Tensor, Tensor, Tensor]]:
         """The record of samples from one or more sampling seeds (uint8 `[n, C, H, W]` each): metrics with their
@@ -179,12 +184,19 @@ class Reference:
             "floor": self.floor(len(image_sets[0])),
             "memorised": float((dist < self.threshold).double().mean()),
             "memorised_heldout": self.memorised_heldout,
-            "memorised_space": PIXEL_SPACE,
+            "memorised_space": PIXEL_SPACE + (" and mirrored" if self.flips else ""),
             "memorised_threshold": self.threshold,
             "memorised_factor": MEMORISED_FACTOR,
         }
         first = len(image_sets[0])
         return figures, (image_sets[0], dist[:first], index[:first])
+
+
+def memorisation_query(images: Tensor, flips: bool) -> Tensor:
+    """Images in the memorisation space (`pixel_space`, with its shifts), and mirrored too where the data trains
+    with flips: a sample nearest to a flipped training image is as much a copy as one nearest to the image."""
+    query = pixel_space(images)
+    return torch.cat([query, pixel_space(images.flip(-1))], 1) if flips else query
 
 
 def evaluation_reference(
