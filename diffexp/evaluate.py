@@ -5,7 +5,7 @@
 against the dataset's held-out images over `eval.seeds` sampling seeds (`seed`, `seed + 1`, ...), each figure with
 its 95% interval; the table's first row is the real-data floor (training images against the same held-out images).
 
-`ema_sigma_rel=[0.02,0.05,0.1,0.2]` (runs trained with `ema=posthoc`) instead reconstructs the EMA of each width at
+`ema_sigma_rel=[0.03,0.05,0.1,0.2]` (runs trained with `ema=posthoc`) instead reconstructs the EMA of each width at
 the final step and scores each with the run's own evaluation sampler: `DIR/eval/ema_sigma_rel-...` table, plot of
 FID against the width, and a `.json` of each width's record (which `diffexp-export ema_sigma_rel=X` puts on its card).
 """
