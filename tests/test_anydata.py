@@ -123,7 +123,7 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
     board = rows(out / "leaderboard.csv")
     assert [float(r["kid"]) for r in board] == sorted(r["eval"]["kid"] for r in records)
     assert {r["basis"].split(" | ")[1] for r in board} == {f"dinov2 {model}, 12 held-out real / 16 fake"}
-    assert len({r["basis"] for r in board}) == 1 and " 32px 3ch, held-out 12 images #" in board[0]["basis"]
+    assert len({r["basis"] for r in board}) == 1 and " 8px 3ch, held-out 12 images #" in board[0]["basis"]
     assert "ranked by KID" in (out / "report.md").read_text()
     assert {r["rank"] for r in board} == {"1", "2"}  # one comparison across the two targets
     # diffexp-evaluate scores as training did: below the 32 features FD is refused and KID still scores
