@@ -273,7 +273,8 @@ def _table(d: dict[str, Any]) -> str:
     return "| setting | value |\n| --- | --- |\n" + "\n".join(rows) if rows else "(none)"
 
 
-def recipe_table(config: dict, width: float | None) -> str:
+def recipe_table(config: dict, width: float | None, error: float | None = None) -> str:
+    """The recipe's settings; a post-hoc width with its profile error beside it (`diffexp.profiles`)."""
     choices = config.get("choices", {})
     data, schedule = config.get("data", {}), config.get("schedule", {})
     recipe: dict[str, Any] = {g: c for g, c in choices.items() if c is not None}
@@ -282,6 +283,7 @@ def recipe_table(config: dict, width: float | None) -> str:
         "batch_size": data.get("batch_size"),
         "steps": config.get("trainer", {}).get("max_steps"),
         "ema_sigma_rel": width if width is not None else (config.get("ema") or {}).get("sigma_rel"),
+        **({"ema_profile_error": f"{error:.1%}"} if error is not None else {}),
         "prediction_type": schedule.get("prediction_type"),
         "beta_schedule": schedule.get("beta_schedule"),
         "seed": config.get("seed"),
@@ -331,9 +333,11 @@ def model_card(
     size = config.get("model", {}).get("sample_size", resolution)
     posthoc_line = ""
     if posthoc:
+        error = posthoc.get("profile_error")  # how well the snapshots build the width (diffexp.profiles)
         posthoc_line = (
             f"These weights are the EMA of relative width sigma_rel {posthoc['ema_sigma_rel']:g}, reconstructed after "
-            f"training (EDM2's post-hoc EMA) from {posthoc['snapshots']} snapshots, at step {posthoc['step']}. "
+            f"training (EDM2's post-hoc EMA) from {posthoc['snapshots']} snapshots, at step {posthoc['step']}"
+            + (f", profile error {error:.1%}. " if error is not None else ". ")
             + (f"The figures below are this width's own ({posthoc['scored_by']}).\n\n" if ev else "")
         )
         if not ev:
@@ -360,7 +364,11 @@ def model_card(
         source_repr=repr(source),
         figures=figures_section(ev, posthoc_line),
         limitations=limitations(ev, resolution, own_sampler(scheduler)),
-        recipe_table=recipe_table(config, (posthoc or {}).get("ema_sigma_rel", ev.get("ema_sigma_rel"))),
+        recipe_table=recipe_table(
+            config,
+            (posthoc or {}).get("ema_sigma_rel", ev.get("ema_sigma_rel")),
+            (posthoc or {}).get("profile_error", ev.get("ema_profile_error")),
+        ),
         training_table=training_table(record),
         license=license,
     )

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from diffexp.errors import ConfigError
+from diffexp.identity import fingerprint, hash_split, hub_revision, image_keys
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DIGITS_SPLIT_SEED = 0
@@ -64,16 +65,6 @@ def holdout_count(n: int, holdout: float) -> int:
             f"data.holdout={holdout} holds out {k} of the {n} images, leaving none to train on: lower data.holdout"
         )
     return k
-
-
-def holdout_split(n: int, holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) indices of `n` images: a seed-0 permutation, the last `holdout_count` held out.
-
-    Fixed by the data alone (not the run's seed), so every run of a dataset is scored against the same images.
-    """
-    k = holdout_count(n, holdout)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    return perm[: n - k], perm[n - k :]
 
 
 def mixed_seed(*parts: int) -> int:
@@ -160,6 +151,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed, self.on_device = seed, on_device
         self.images: torch.Tensor | None = None  # the training images: all that training ever reads
         self.heldout: torch.Tensor | None = None  # the held-out images: the evaluation reference, never trained on
+        self.keys: list[str] | None = None  # each image's stable key (`diffexp.identity`), set by `load_split`
+        self.revision: str | None = None  # the dataset's commit where the loader knows it (Hub data)
 
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every image of the dataset (uint8 `[N, C, H, W]`) and the indices of the held-out ones among them."""
@@ -181,6 +174,12 @@ class ImageDataModule(pl.LightningDataModule):
             self.images, self.heldout = train, images[held]
             self.train_index, self.heldout_index = keep.nonzero().flatten(), held
         return self.images
+
+    def fingerprint(self) -> dict:
+        """The held-out set's identity (`diffexp.identity.fingerprint`): count and a hash of its members' keys."""
+        self.prepare()
+        keys = self.keys or [str(i) for i in range(len(self.train_index) + len(self.heldout_index))]
+        return fingerprint([keys[i] for i in self.heldout_index.tolist()], self.revision)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
@@ -223,6 +222,7 @@ class DigitsDataModule(ImageDataModule):
         if self.channels != 1:
             raise ConfigError(f"data.channels={self.channels}: the digits are greyscale, use data.channels=1")
         images = digits_images(self.resolution)
+        self.keys = [f"digits:{i}" for i in range(len(images))]  # the index: the split itself stays digits_split's
         return images, digits_split(len(images))[1]
 
 
@@ -300,15 +300,25 @@ class HubDataModule(ImageDataModule):
         split: which split to train on.
         holdout: images kept out of training to score against: a count, a fraction, or 0 for none; None = the
             dataset's `test` split where it has one (and trains on another), else `DEFAULT_HOLDOUT` of `split`.
+            Membership is per image, by the hash of its bytes (`diffexp.identity`).
+        revision: the Hub dataset's branch, tag or commit (None = main); the commit loaded is recorded with the
+            held-out fingerprint where the Hugging Face cache says which it is.
     """
 
     def __init__(
-        self, name: str, image_column: str = "image", split: str = "train", holdout: float | None = None, **kwargs
+        self,
+        name: str,
+        image_column: str = "image",
+        split: str = "train",
+        holdout: float | None = None,
+        revision: str | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if holdout is not None:
             holdout_count(10**9, holdout)  # a malformed value fails here, before any loading
         self.name, self.image_column, self.split, self.holdout = name, image_column, split, holdout
+        self.requested_revision = revision
 
     def _splits(self) -> tuple:
         """(the training split, the test split or None), as `datasets` objects."""
@@ -327,7 +337,8 @@ class HubDataModule(ImageDataModule):
                     f"folder: download the dataset where there is network (Dataset.save_to_disk) and set "
                     f"data.name to that folder, or use data=imagefolder"
                 )
-            ds = datasets.load_dataset(self.name)
+            ds = datasets.load_dataset(self.name, revision=self.requested_revision)
+            self.revision = hub_revision(self.name, self.requested_revision)
         if not isinstance(ds, datasets.DatasetDict):
             return ds, None
         if self.split not in ds:
@@ -340,17 +351,23 @@ class HubDataModule(ImageDataModule):
     def load_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         train, test = self._splits()
         what = f"data.name={self.name!r}"
-        images = _cached_tensor(train, self.image_column, self.resolution, self.channels, what)
-        return _with_holdout(images, test, self.holdout, self.image_column, self.resolution, self.channels, what)
+        images, self.keys, held = _with_holdout(train, test, self.holdout, self.image_column, self, what)
+        return images, held
 
 
-def _with_holdout(images: torch.Tensor, test, holdout, column: str, resolution: int, channels: int, what: str):
-    """(all images, held-out indices): the test split appended and held out where there is one and `holdout` is
-    None; else `holdout` (default `DEFAULT_HOLDOUT`) of `images`."""
+def _with_holdout(train, test, holdout, column: str, dm: ImageDataModule, what: str):
+    """(all images, their keys, held-out indices): the test split appended and held out where there is one and
+    `holdout` is None; else `holdout` (default `DEFAULT_HOLDOUT`) of `train`, chosen per image by its key's hash
+    (`diffexp.identity.hash_split`), so adding images never moves the earlier held-out ones."""
+    images = _cached_tensor(train, column, dm.resolution, dm.channels, what)
+    keys = image_keys(train, column)
     if holdout is None and test is not None:
-        held = _cached_tensor(test, column, resolution, channels, f"{what} (test split)")
-        return torch.cat([images, held]), torch.arange(len(images), len(images) + len(held))
-    return images, holdout_split(len(images), DEFAULT_HOLDOUT if holdout is None else holdout)[1]
+        held = _cached_tensor(test, column, dm.resolution, dm.channels, f"{what} (test split)")
+        index = torch.arange(len(images), len(images) + len(held))
+        return torch.cat([images, held]), keys + image_keys(test, column), index
+    holdout = DEFAULT_HOLDOUT if holdout is None else holdout
+    holdout_count(len(images), holdout)
+    return images, keys, hash_split(keys, holdout)[1]
 
 
 def _visible(path: Path, root: Path) -> bool:
@@ -386,5 +403,5 @@ class ImageFolderDataModule(ImageDataModule):
             )
         ds = datasets.load_dataset("imagefolder", data_dir=str(folder))
         what = f"data.path={self.path!r}"
-        images = _cached_tensor(ds["train"], "image", self.resolution, self.channels, what)
-        return _with_holdout(images, ds.get("test"), self.holdout, "image", self.resolution, self.channels, what)
+        images, self.keys, held = _with_holdout(ds["train"], ds.get("test"), self.holdout, "image", self, what)
+        return images, held

@@ -139,16 +139,19 @@ def denoise_error(
     return out
 
 
-def denoise_run(folder, count: int = IMAGES) -> dict:
+def denoise_run(folder, count: int = IMAGES, allow_changed_data: bool = False) -> dict:
     """The held-out denoising error of a trained run folder's exported (EMA) weights: the same images, noise and
     levels as its in-training evaluation, for runs trained before the figure was recorded.
 
     Args:
         folder: a run folder (its `pipeline/`, else `checkpoints/last.ckpt`) or a pipeline folder diffexp exported.
         count: held-out images scored (the run's `eval.denoise_images`; 256 by default).
+        allow_changed_data: score a run whose held-out set changed since it trained (refused otherwise); the
+            record's `data_check` says how the data compares (`diffexp.identity.check_data`).
     """
     from diffexp.config import instantiate
     from diffexp.errors import ConfigError
+    from diffexp.identity import run_data_mark
     from diffexp.loading import load_run
 
     loaded = load_run(folder)
@@ -157,12 +160,14 @@ def denoise_run(folder, count: int = IMAGES) -> dict:
         raise ConfigError(f"{folder}: carries no diffexp config, so its held-out images are unknown")
     datamodule = instantiate(data, seed=0)
     datamodule.prepare()
+    mark = run_data_mark(folder, datamodule, allow_changed_data, f"the denoising error of {folder}")
     if datamodule.heldout is None or not len(datamodule.heldout):
         raise ConfigError(f"{folder}: its data holds no images out (data.holdout=0): nothing to score against")
     from diffexp.flow import prediction_of
 
     unet, scheduler = loaded.unet.eval(), loaded.scheduler
     images = reference_images(datamodule.heldout, count).to(unet.device)
-    return denoise_error(
+    figures = denoise_error(
         lambda x, t: unet(x, t).sample, getattr(scheduler, "alphas_cumprod", None), prediction_of(scheduler), images
     )
+    return figures | {"data_check": mark}

@@ -5,7 +5,7 @@
 against the dataset's held-out images over `eval.seeds` sampling seeds (`seed`, `seed + 1`, ...), each figure with
 its 95% interval; the table's first row is the real-data floor (training images against the same held-out images).
 
-`ema_sigma_rel=[0.02,0.05,0.1,0.2]` (runs trained with `ema=posthoc`) instead reconstructs the EMA of each width at
+`ema_sigma_rel=[0.03,0.05,0.1,0.2]` (runs trained with `ema=posthoc`) instead reconstructs the EMA of each width at
 the final step and scores each with the run's own evaluation sampler: `DIR/eval/ema_sigma_rel-...` table, plot of
 FID against the width, and a `.json` of each width's record (which `diffexp-export ema_sigma_rel=X` puts on its card).
 """
@@ -29,6 +29,7 @@ from diffexp.flow import is_flow_scheduler
 from diffexp.flow_samplers import is_flow_sampler
 from diffexp.frontier import evaluation_grid, mark_inside, nfe
 from diffexp.heldout import Reference, evaluation_reference
+from diffexp.identity import run_data_mark
 from diffexp.loading import LoadedRun, load_run
 from diffexp.plots import plot_nearest, plot_quality, plot_widths
 from diffexp.runtime import pick_device, set_threads
@@ -64,6 +65,7 @@ COLUMNS = [
     "inside_reference",
     "memorised",
     "memorised_heldout",
+    "data_check",
     "feature_net",
     "reference",
     "n_real",
@@ -73,7 +75,7 @@ COLUMNS = [
     "images_per_s",
 ]
 MD_COLUMNS = ["sampler", "steps", "FID (95% CI)", "KID x10^3 (95% CI)", "precision (95% CI)", "recall (95% CI)"]
-MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real"]
+MD_COLUMNS += ["top_prob", "not_digit", "memorised", "n_fake x seeds", "n_real", "data_check"]
 FLOOR = "floor: real training images"
 
 
@@ -88,8 +90,11 @@ def reference_for(loaded: LoadedRun, cfg: DictConfig, n: int, device) -> Referen
         )
     datamodule = instantiate(data, seed=0)
     datamodule.prepare()
+    mark = run_data_mark(Path(cfg.run), datamodule, bool(cfg.get("allow_changed_data")), f"run={cfg.run}")
     setting = "n" if cfg.n else "eval.n_samples"
-    return evaluation_reference(cfg.eval, data, datamodule, n, setting=setting, device=device)
+    reference = evaluation_reference(cfg.eval, data, datamodule, n, setting=setting, device=device)
+    reference.data_check = mark  # every figure carries it
+    return reference
 
 
 def flat_row(figures: dict, floor: dict | None = None) -> dict:
@@ -180,7 +185,8 @@ def run(cfg: DictConfig) -> Path:
         f"\nAgainst {len(reference.real)} held-out images ({cfg.eval.net} features); intervals 95% (FID: t over "
         f"{cfg.eval.seeds} sampling seeds; KID, precision, recall: bootstrap). memorised: share of samples nearer a "
         f"training image than all but {reference.memorised_heldout:.1%} of held-out images are "
-        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}. {kid_note()}\n"
+        f"({figures['memorised_space']}); {path.stem}-nearest.png shows {setting}. {kid_note()} "
+        f"Held-out set against the run's: {reference.data_check}.\n"
     )
     with path.with_suffix(".md").open("a") as f:
         f.write(note)
@@ -228,7 +234,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
     path = free_path(run_dir / "eval", stem, ".csv")
-    write_table(rows, ["ema_sigma_rel", *COLUMNS], path, ["ema_sigma_rel", *MD_COLUMNS])
+    width = ["ema_sigma_rel", "profile_error"]  # each width beside how well the snapshots build it
+    write_table(rows, [*width, *COLUMNS], path, [*width, *MD_COLUMNS])
     path.with_suffix(".json").write_text(json.dumps({"ema_sigma_rel": records}, indent=1, default=str) + "\n")
     plot_widths(rows[1:], path.with_suffix(".png"), f"{cfg.eval.net} FID, {name}-{steps}, {n} x {cfg.eval.seeds}")
     _, shown, (samples, dist, index) = max(pictures, key=lambda p: p[0])
@@ -238,7 +245,8 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         f.write(
             f"\nEMA of each width reconstructed from {held['snapshots']} snapshots at step {held['step']}; against "
             f"{len(reference.real)} held-out images, intervals 95% (FID: t over {cfg.eval.seeds} sampling seeds). "
-            f"{picture.name} shows width {shown:g}. {kid_note()}\n"
+            f"{picture.name} shows width {shown:g}. {kid_note()} Held-out set against the run's: "
+            f"{reference.data_check}.\n"
         )
     print(path.with_suffix(".md").read_text())
     return path

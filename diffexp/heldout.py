@@ -23,7 +23,6 @@ from diffexp.features import PIXEL_SPACE, load_feature_net, pixel_space
 from diffexp.files import atomic_write_text, write_atomic
 from diffexp.metrics import (
     MEMORISED_FACTOR,
-    check_sample_count,
     fd_refusal,
     fid,
     kid,
@@ -52,6 +51,8 @@ class Reference:
     kid_subset_size: int = 100
     floors: dict = field(default_factory=dict)
     train_pixels: Tensor | None = None  # the training images in the memorisation space
+    data_check: str | None = None  # how the data compares with the run's recorded held-out set (diffexp.identity)
+    flips: bool = False  # the data trains with horizontal flips: a mirrored copy of a training image is a copy too
 
     @classmethod
     def build(
@@ -63,6 +64,7 @@ class Reference:
         cache_dir: Path,
         reference_size: int | None = None,
         kid_subset_size: int = 100,
+        flips: bool = False,
     ) -> Reference:
         """The reference of one dataset and feature net (features cached on disk).
 
@@ -74,6 +76,7 @@ class Reference:
             cache_dir: where the cache files go.
             reference_size: held-out images in the reference set (the first of a seed-0 permutation); None = all.
             kid_subset_size: KID subset size, for the floor as for the samples.
+            flips: the data trains with horizontal flips: memorisation compares against mirrored training images too.
         """
         if len(heldout) < 4:
             raise ConfigError(
@@ -88,7 +91,7 @@ class Reference:
         path = Path(cache_dir).expanduser() / f"{name}{str(net.checksum)[:12]}-{digest}.safetensors"
         real, train_feats = _cached_features(path, net, {"real": chosen, "train": floor_train}, key)
         train_pixels = pixel_space(train.cpu(), shifts=False).squeeze(1)
-        held_dist, _ = nearest(pixel_space(heldout.cpu()), train_pixels)
+        held_dist, _ = nearest(memorisation_query(heldout.cpu(), flips), train_pixels)
         threshold = memorisation_threshold(held_dist)
         return cls(
             real,
@@ -100,6 +103,7 @@ class Reference:
             path,
             kid_subset_size,
             train_pixels=train_pixels,
+            flips=flips,
         )
 
     @classmethod
@@ -115,6 +119,7 @@ class Reference:
             Path(eval_cfg.cache_dir),
             eval_cfg.reference_size,
             eval_cfg.kid_subset_size,
+            flips=bool(data.get("flip")),
         )
 
     def floor(self, n: int) -> dict:
@@ -138,17 +143,15 @@ class Reference:
         return self.floors[key]
 
     def fd_refusal(self, n: int) -> str | None:
-        """Why FD is refused at `n` samples (eval=dinov2 below its feature width; the digits and Inception nets
-        check the sample count before any work instead: `diffexp.metrics.check_sample_count`)."""
-        if self.net.name != "dinov2":
-            return None
+        """Why FD is refused at `n` samples: for every feature net, unless there are more reference images and more
+        samples than its feature width (`diffexp.metrics.fd_refusal`)."""
         return fd_refusal(len(self.real), n, self.real.shape[1], self.net.name)
 
     def memorised(self, samples: Tensor) -> tuple[Tensor, Tensor]:
         """Each sample's distance to its nearest training image in the memorisation space, and that image's index."""
         if self.train_pixels is None:
             self.train_pixels = pixel_space(self.train_images, shifts=False).squeeze(1)
-        return nearest(pixel_space(samples.cpu()), self.train_pixels)
+        return nearest(memorisation_query(samples.cpu(), self.flips), self.train_pixels)
 
     def score(self, image_sets: list[Tensor], seed: int = 0) -> tuple[dict, tuple[Tensor, Tensor, Tensor]]:
         """The record of samples from one or more sampling seeds (uint8 `[n, C, H, W]` each): metrics with their
@@ -174,17 +177,26 @@ class Reference:
         if getattr(self.net, "source", None):  # eval=dinov2: which model (a Hub id or a folder)
             figures["feature_model"] = self.net.source
         dist, index = self.memorised(torch.cat(list(image_sets)))
+        if self.data_check is not None:
+            figures["data_check"] = self.data_check
         figures |= {
             "reference": "heldout",
             "floor": self.floor(len(image_sets[0])),
             "memorised": float((dist < self.threshold).double().mean()),
             "memorised_heldout": self.memorised_heldout,
-            "memorised_space": PIXEL_SPACE,
+            "memorised_space": PIXEL_SPACE + (" and mirrored" if self.flips else ""),
             "memorised_threshold": self.threshold,
             "memorised_factor": MEMORISED_FACTOR,
         }
         first = len(image_sets[0])
         return figures, (image_sets[0], dist[:first], index[:first])
+
+
+def memorisation_query(images: Tensor, flips: bool) -> Tensor:
+    """Images in the memorisation space (`pixel_space`, with its shifts), and mirrored too where the data trains
+    with flips: a sample nearest to a flipped training image is as much a copy as one nearest to the image."""
+    query = pixel_space(images)
+    return torch.cat([query, pixel_space(images.flip(-1))], 1) if flips else query
 
 
 def evaluation_reference(
@@ -194,23 +206,21 @@ def evaluation_reference(
     (on `device`), the sample count `n` (given by `setting`) checked against its width before any sampling, and
     the held-out reference of the prepared `datamodule` (built from `data_cfg`).
 
-    eval=dinov2 refuses FD below its width and KID ranks (with `monitored`, training's `eval.monitor=fid` is then
-    refused: the best checkpoint would be chosen by a figure that is not computed); other nets refuse the count.
+    Every net (digits, dinov2, inception) refuses FD unless the reference images and the samples both outnumber its
+    feature width, and KID ranks; training goes on, but with `monitored`, training's `eval.monitor=fid` is then
+    refused (the best checkpoint would be chosen by a figure that is not computed).
     """
     if eval_cfg.seeds < 1:
         raise ConfigError(f"eval.seeds={eval_cfg.seeds}: sample at least 1 seed (5 give FID an interval)")
     net = load_feature_net(eval_cfg.net, data_cfg["channels"], data_cfg["resolution"], eval_cfg.get("model"))
     if device is not None:
         net = net.to(device)
-    if eval_cfg.net == "dinov2":
-        held = 0 if datamodule.heldout is None else len(datamodule.heldout)
-        refused = fd_refusal(min(eval_cfg.reference_size or held, held), n, net.num_features, eval_cfg.net)
-        if refused and monitored and eval_cfg.monitor == "fid":
-            raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
-        if refused:
-            log.warning(refused)
-    else:
-        check_sample_count(n, net.num_features, eval_cfg.net, setting)
+    held = 0 if datamodule.heldout is None else len(datamodule.heldout)
+    refused = fd_refusal(min(eval_cfg.reference_size or held, held), n, net.num_features, eval_cfg.net)
+    if refused and monitored and eval_cfg.monitor == "fid":
+        raise ConfigError(f"eval.monitor=fid: {refused}; set eval.monitor=kid")
+    if refused:
+        log.warning("%s: %s", setting, refused)
     return Reference.of_data(datamodule, data_cfg, net, eval_cfg)
 
 

@@ -34,10 +34,10 @@ MEMORISED_FACTOR = 0.5  # a sample is a copy when nearer a training image than t
 
 
 def check_sample_count(n: int, num_features: int, net: str = "", setting: str = "eval.n_samples") -> None:
-    """Fails fast, before any sampling, when `eval.n_samples` is too small for a meaningful FID.
+    """Fails fast, before any sampling, where a setting's sample count leaves FD uncomputable (`fd_refusal`'s rule).
 
-    With fewer samples than feature dimensions the covariance is rank-deficient and FID is dominated by
-    that bias, so figures from different sample counts could not be compared.
+    With no more samples than feature dimensions the covariance is rank-deficient and FID is dominated by
+    that bias, so figures from different sample counts could not be compared: FD needs strictly more.
 
     Args:
         n: samples per evaluation (`eval.n_samples`).
@@ -45,11 +45,12 @@ def check_sample_count(n: int, num_features: int, net: str = "", setting: str = 
         net: the feature net's name, for the message.
         setting: the setting that gave `n` (`diffexp-evaluate`'s `n=` takes precedence over `eval.n_samples`).
     """
-    if n < max(2, num_features):
+    least = max(2, num_features + 1)
+    if n < least:
         which = f"eval={net}" if net else "the feature net"
         raise ConfigError(
-            f"{setting}={n} is below {max(2, num_features)}, the feature dimension of {which}: "
-            f"a FID over fewer samples is biased; set {setting}>={max(2, num_features)}"
+            f"{setting}={n} is not above {num_features}, the feature dimension of {which}: "
+            f"a FID over so few samples is singular or mostly bias; set {setting}>={least}"
         )
 
 

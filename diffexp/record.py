@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diffexp.files import atomic_write_text
 
-VERSION = 2  # 1: the untyped dict of diffexp before the record (no "version" key)
+VERSION = 3  # 1: the untyped dict of diffexp before the record (no "version" key); 3 adds heldout and process
 STATUSES = ("running", "finished", "pruned", "failed")
 
 
@@ -40,6 +43,8 @@ class RunRecord:
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     objective: float | None = None  # what a sweep optimises: the final eval.monitor figure, else the final loss
     objective_name: str | None = None
+    heldout: dict[str, Any] | None = None  # the held-out set's fingerprint (diffexp.identity); None: an older run
+    process: dict[str, Any] | None = None  # host, pid and start time of the process training it (`stopped_reason`)
     version: int = VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys of another version, written back as read
 
@@ -71,3 +76,36 @@ class RunRecord:
         """Sets `fields` in the run's record (a new record where there is none) and writes it."""
         record = cls.read(folder) or cls()
         return dataclasses.replace(record, **fields).write(folder)
+
+
+STALE_SECONDS = 6 * 3600  # a run on another host that wrote no file for this long is read as stopped
+
+
+def process_identity() -> dict[str, Any]:
+    """This process as a running run records it: host, pid and the pid's start time (a reused pid has another)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def stopped_reason(record: RunRecord, folder: Path, now: float | None = None) -> str | None:
+    """Why a run whose record says `running` is not running any more, or None where it may still be.
+
+    On the host that trained it, the recorded process is looked up: gone (or its pid reused by a process started at
+    another time) means it was killed. Elsewhere, or for runs recorded before the process was, a run folder where no
+    file changed for `STALE_SECONDS` is read as stopped.
+    """
+    proc = record.process or {}
+    if proc.get("host") == socket.gethostname() and proc.get("pid"):
+        import psutil
+
+        try:
+            alive = abs(psutil.Process(int(proc["pid"])).create_time() - float(proc["started"])) < 1.0
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, TypeError):
+            alive = False
+        return None if alive else f"stopped: its process (pid {proc['pid']} on {proc['host']}) is gone"
+    files = [p.stat().st_mtime for p in Path(folder).rglob("*") if p.is_file()]
+    idle = (now or time.time()) - max(files, default=0.0)
+    if idle > STALE_SECONDS:
+        return f"stopped: no file in its folder changed for {idle / 3600:.1f} h (killed, or its machine went down)"
+    return None

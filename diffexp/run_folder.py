@@ -109,7 +109,8 @@ def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
     return record.objective
 
 
-RESUME_SETTINGS = ("resume", "verbose")  # what `resume=DIR` may be given besides; the recipe is the saved one
+# What `resume=DIR` may be given besides; the recipe is the saved one.
+RESUME_SETTINGS = ("resume", "verbose", "allow_changed_data")
 
 
 def saved_recipe(run_dir: Path, cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
@@ -129,4 +130,5 @@ def saved_recipe(run_dir: Path, cfg: DictConfig, overrides: list[str] = ()) -> D
         )
     old.resume = cfg.resume
     old.verbose = cfg.get("verbose", False)
+    old.allow_changed_data = cfg.get("allow_changed_data", False)
     return old

@@ -37,6 +37,7 @@ class Data:
     split: Optional[str] = None
     path: Optional[str] = None
     holdout: Optional[float] = None
+    revision: Optional[str] = None
 
 
 @dataclass
@@ -117,6 +118,8 @@ class Ema:
     sigma_rel: float
     sigma_rels: Optional[list[float]] = None  # ema=posthoc's keys
     snapshot_every: Optional[int] = None
+    snapshots: Optional[int] = None  # ema=posthoc: snapshots a run (snapshot_every, where set, replaces it)
+    max_profile_error: Optional[float] = None
     eval_sigma_rel: Optional[list[float]] = None
 
 
@@ -181,6 +184,7 @@ class Train:
     speed: Speed
     checkpoint: Checkpoint
     verbose: bool = False
+    allow_changed_data: bool = False  # resume= a run whose held-out set changed (diffexp.identity)
     optuna: Optuna = field(default_factory=Optuna)  # set by the Optuna sweeper; no part of the recipe
 
 

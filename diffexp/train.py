@@ -31,11 +31,12 @@ from diffexp.export import export_pipeline
 from diffexp.files import atomic_write_text
 from diffexp.flow import flow_objective
 from diffexp.heldout import evaluation_reference
+from diffexp.identity import resumed_fingerprint
 from diffexp.loggers import finish_wandb, make_logger, new_id
 from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.plots import plot_loss_curve, plot_noising, plot_schedule
 from diffexp.posthoc import Snapshots
-from diffexp.record import RunRecord
+from diffexp.record import RunRecord, process_identity
 from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
 from diffexp.runtime import Speed, launcher_jobs, rank, set_threads
 from diffexp.samplers import Sampler
@@ -109,6 +110,10 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     datamodule = instantiate(cfg.data, seed=cfg.seed, on_device=speed.data_on_device)
     datamodule.prepare()  # bad data fails here, before anything is built or written
+    heldout = datamodule.fingerprint()  # and a resumed run whose held-out set changed since
+    if resuming:
+        recorded = (RunRecord.read(run_dir) or RunRecord()).heldout
+        heldout = resumed_fingerprint(recorded, heldout, bool(cfg.get("allow_changed_data")), run_dir)
     sampler = instantiate(cfg.sampler)  # so does a bad sampler
     evaluate = _evaluation(cfg, datamodule, sampler, run_dir)  # and a bad eval setting
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
@@ -125,6 +130,8 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
             recipe=choices,
             environment=provenance(),
             wandb_id=record.wandb_id or new_id(),
+            heldout=heldout,
+            process=process_identity(),
         )
         plot_schedule(module.scheduler, run_dir / "plots" / "schedule.png")
         plot_noising(module.scheduler, datamodule.images[:4], run_dir / "plots" / "noising.png", seed=cfg.seed)
@@ -205,6 +212,7 @@ def record(t: Training) -> float:
         "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
         "images_seen": trainer.global_step * cfg.data.batch_size * trainer.world_size,
         "train_seconds": t.record.train_seconds,
+        "heldout": t.record.heldout,  # the held-out set's fingerprint, into W&B's summary too
     }
     if t.evaluate is not None and t.evaluate.history:
         monitor, sign = cfg.eval.monitor, (-1 if HIGHER_IS_BETTER.get(cfg.eval.monitor) else 1)

@@ -115,7 +115,7 @@ OPTUNA = [
     "eval=digits",
     "data.resolution=16",
     "budget.images=64",
-    "eval.n_samples=64",
+    "eval.n_samples=65",
     "eval.reference_size=100",
     "eval.sampler_steps=2",
 ]

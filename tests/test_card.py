@@ -23,7 +23,7 @@ from diffexp.samplers import predicted_x0, sampling_scheduler
 from helpers import TINY, compose_train
 
 # One tiny run scored against the held-out digits at steps 2 and 4 (so it has a best evaluation) on 2 seeds.
-EVAL = ["eval=digits", "data.resolution=16", "eval.n_samples=64", "eval.every_n_steps=2", "eval.reference_size=100",
+EVAL = ["eval=digits", "data.resolution=16", "eval.n_samples=65", "eval.every_n_steps=2", "eval.reference_size=100",
         "eval.sampler_steps=2", "eval.seeds=2", "eval.sampler=dpm_solver"]  # fmt: skip
 # A best checkpoint is opt-in where checkpoint.keep_best exists (the default keeps last.ckpt only).
 KEEP_BEST = ["checkpoint.keep_best=true"] if "keep_best" in OmegaConf.load(Path(CONF_DIR) / "train.yaml").get(
@@ -68,7 +68,7 @@ def test_card_metadata_and_its_snippet_reproduce_diffexp_sample(trained, tmp_pat
     assert results["fid"].metric_value == round(ev["fid"], 4)
     assert results["kid"].metric_value == round(ev["kid"] * 1e3, 4)
     args = results["fid"].metric_args
-    assert (args["samples_per_seed"], args["sampling_seeds"], args["real_heldout_images"]) == (64, 2, 100)
+    assert (args["samples_per_seed"], args["sampling_seeds"], args["real_heldout_images"]) == (65, 2, 100)
     assert (args["sampler"], args["sampler_steps"]) == ("dpm_solver", 2) and len(args["ci95"]) == 2
     assert data.model_name == card.data.to_dict()["model-index"][0]["name"]
     title = card.text.split("\n# ", 1)[1].splitlines()[0]

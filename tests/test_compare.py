@@ -32,7 +32,7 @@ EVAL = [
     "threads=1",
     "eval=digits",
     "data.resolution=16",
-    "eval.n_samples=64",
+    "eval.n_samples=65",
     "eval.reference_size=200",
     "eval.sampler_steps=2",
     "eval.every_n_steps=1",
@@ -132,7 +132,7 @@ def test_leaderboard_lists_every_run_grouped_by_size_best_first(sweeps, made):
             assert float(r["fid"]) == pytest.approx(m["eval"]["fid"])
             assert float(r["best fid"]) == pytest.approx(min(h["fid"] for h in m["eval_history"]))
             assert int(r["images_seen"]) == m["images_seen"] and int(r["parameters"]) == m["parameters"]
-            assert (r["feature_net"], r["n_fake"], r["n_real"]) == ("digits", "64", "200")
+            assert (r["feature_net"], r["n_fake"], r["n_real"]) == ("digits", "65", "200")
     failed = by_path[str((grid / "4").resolve())]
     assert failed["status"] == "failed" and not failed["rank"]
     assert "optim.optimizer.lr=-1: the learning rate must be > 0" in failed["reason"]

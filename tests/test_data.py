@@ -28,6 +28,7 @@ from diffexp.data import (
     to_model_range,
 )
 from diffexp.errors import ConfigError
+from diffexp.identity import unit_hash
 from diffexp.train import run
 from helpers import pil_images, save_hub_copy, write_image_folder
 
@@ -66,8 +67,9 @@ def test_hub_with_named_image_column_trains_greyscale(tiny_cfg, tmp_path):
     assert cfg.model.in_channels == 1
     dm = instantiate(cfg.data)
     x = dm.prepare()
-    assert x.shape == (22, 1, 8, 8) and x.dtype == torch.uint8  # 10% of 24 (no test split) held out
-    assert dm.heldout.shape == (2, 1, 8, 8)
+    # no test split: each image whose hash falls below 10% is held out (here by chance none of the 24)
+    held = sum(unit_hash(k) < 0.1 for k in dm.keys)
+    assert x.shape == (24 - held, 1, 8, 8) and x.dtype == torch.uint8 and len(dm.heldout) == held
     train_and_check(cfg, tmp_path / "run", channels=1)
 
 
@@ -90,7 +92,8 @@ def test_image_folder_trains(tiny_cfg, tmp_path):
     cfg = tiny_cfg("data=imagefolder", f"data.path={folder}", *SMALL)
     dm = instantiate(cfg.data)
     x = dm.prepare()
-    assert len(x) + len(dm.heldout) == 20 and len(dm.heldout) == 2  # every PNG and JPEG, in every sub-folder
+    assert len(x) + len(dm.heldout) == 20  # every PNG and JPEG, in every sub-folder
+    assert len(dm.heldout) == sum(unit_hash(k) < 0.1 for k in dm.keys)  # those whose hash is below 10%
     assert x.shape[1:] == (3, 8, 8) and x.dtype == torch.uint8
     train_and_check(cfg, tmp_path / "run", channels=3)
 
@@ -121,8 +124,9 @@ def test_decoded_once_then_read_from_the_datasets_cache(tmp_path):
 
 def test_image_folder_is_cached_too(tmp_path):
     folder = write_image_folder(tmp_path / "pictures", n=6)
-    first = ImageFolderDataModule(path=str(folder), resolution=8, channels=3, batch_size=2, flip=False).prepare()
-    assert len(first) == 5
+    dm = ImageFolderDataModule(path=str(folder), resolution=8, channels=3, batch_size=2, flip=False)
+    first = dm.prepare()
+    assert len(first) + len(dm.heldout) == 6
     caches = sorted(p.name for p in (tmp_path / "hf-datasets").rglob("cache-*.arrow"))
     assert len(caches) == 1
     again = ImageFolderDataModule(path=str(folder), resolution=8, channels=3, batch_size=2, flip=False).prepare()
@@ -281,13 +285,18 @@ def test_training_batches_never_hold_a_heldout_image():
     assert torch.equal(real.heldout, digits_images(16)[held])
 
 
-@pytest.mark.parametrize("holdout, expected", [(None, 50), (0.2, 100), (30, 30), (0, 0)])
+@pytest.mark.parametrize("holdout, expected", [(0.1, 50), (0.2, 100), (30, 30), (0, 0)])
 def test_holdout_count_or_fraction_of_hub_data(holdout, expected):
-    from diffexp.data import holdout_split
+    from diffexp.identity import hash_split
 
-    train, held = holdout_split(500, 0.1 if holdout is None else holdout)
-    assert len(held) == expected and len(train) == 500 - expected and not set(train.tolist()) & set(held.tolist())
-    assert torch.equal(holdout_split(500, 0.1 if holdout is None else holdout)[1], held)  # fixed by the data alone
+    keys = [f"image {i}" for i in range(500)]
+    train, held = hash_split(keys, holdout)
+    assert not set(train.tolist()) & set(held.tolist()) and len(train) + len(held) == 500
+    if holdout >= 1 or holdout == 0:
+        assert len(held) == expected  # a count is exact
+    else:
+        assert abs(len(held) - expected) < 4 * expected**0.5  # a fraction: each image by its hash, about that share
+    assert torch.equal(hash_split(keys, holdout)[1], held)  # fixed by the data alone
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, 24])

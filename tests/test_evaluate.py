@@ -18,7 +18,7 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
         "samplers=[ddim,dpm_solver_sde]",
         "steps=[2,3]",
         "ddpm_steps=[4]",
-        "n=64",
+        "n=65",
         "eval.reference_size=100",
         "eval.seeds=2",
         "threads=1",
@@ -32,7 +32,7 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
     assert first.with_name(f"{first.stem}-nearest.png").stat().st_size > 0
     tables = [list(csv.DictReader(path.open())) for path in (first, second)]
     floor, rows = tables[0][0], [t[1:] for t in tables]
-    assert floor["sampler"].startswith("floor") and float(floor["fid"]) > 0 and floor["n_fake"] == "64"
+    assert floor["sampler"].startswith("floor") and float(floor["fid"]) > 0 and floor["n_fake"] == "65"
     settings = {(r["sampler"], int(r["steps"])) for r in rows[0]}
     assert settings == {("ddim", 2), ("ddim", 3), ("dpm_solver_sde", 2), ("dpm_solver_sde", 3), ("ddpm", 4)}
     assert all(math.isfinite(float(r["fid"])) and float(r["fid"]) > 0 for r in rows[0])
@@ -45,7 +45,7 @@ def test_evaluate_scores_each_setting_reproducibly_and_never_overwrites(tiny_cfg
         noise = {"kid_x1e3": 0.0} | {n: float(floor[n]) for n in ("fid", "precision", "recall")}
         held = {n: float(r[f"{n}_lo"]) <= v <= float(r[f"{n}_hi"]) for n, v in noise.items()}
         assert set(r["within_noise"].split()) == {n.removesuffix("_x1e3") for n, h in held.items() if h}
-        assert (r["reference"], r["n_real"], r["n_fake"], r["n_seeds"]) == ("heldout", "100", "64", "2")
+        assert (r["reference"], r["n_real"], r["n_fake"], r["n_seeds"]) == ("heldout", "100", "65", "2")
         assert 0 <= float(r["memorised"]) <= 1 and r["memorised_heldout"] != ""
     md = first.with_suffix(".md").read_text()
     assert "FID (95% CI)" in md and "KID x10^3 (95% CI)" in md and "KID is shown x10^3" in md

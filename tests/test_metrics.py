@@ -228,7 +228,7 @@ def test_wrong_channels_or_resolution_raise(net):
 
 def test_check_sample_count():
     check_sample_count(256, 64)
-    with pytest.raises(ConfigError, match=r"eval\.n_samples=100 .*eval\.n_samples>=2048") as e:
+    with pytest.raises(ConfigError, match=r"eval\.n_samples=100 .*eval\.n_samples>=2049") as e:
         check_sample_count(100, 2048, net="inception")
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError):

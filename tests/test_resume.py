@@ -22,7 +22,7 @@ RECIPE = [
     "eval=digits",
     "data.resolution=16",
     "eval.every_n_steps=10",
-    "eval.n_samples=64",
+    "eval.n_samples=65",
     "eval.reference_size=100",
     "eval.sampler_steps=2",
 ]

@@ -133,7 +133,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
         tiny_cfg(
             "eval=digits",
             "data.resolution=16",
-            "eval.n_samples=64",
+            "eval.n_samples=65",
             "eval.every_n_steps=2",
             "eval.reference_size=200",
             "eval.sampler_steps=2",
@@ -145,7 +145,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     metrics = json.loads((folder / "metrics.json").read_text())
     history = metrics["eval_history"]
     assert [h["step"] for h in history] == [2, 4]
-    assert all(h["feature_net"] == "digits" and h["n_fake"] == 64 and h["n_real"] == 200 for h in history)
+    assert all(h["feature_net"] == "digits" and h["n_fake"] == 65 and h["n_real"] == 200 for h in history)
     assert all(h["sampler"] == "dpm_solver_sde" and h["sampler_steps"] == 2 for h in history)
     assert all(h["reference"] == "heldout" for h in history)
     assert metrics["eval"] == history[-1] and final == history[-1]["fid"]
@@ -156,7 +156,7 @@ def test_evaluation_during_training_logs_metrics_and_keeps_the_best_checkpoint(t
     assert last["n_seeds"] == 3 and last["fid_std"] > 0 and last["fid_ci"][0] < last["fid"] < last["fid_ci"][1]
     for name in ("kid", "precision", "recall", "top_prob"):
         assert last[f"{name}_ci"][0] <= last[name] <= last[f"{name}_ci"][1], name
-    assert set(last["floor"]) >= {"fid", "kid", "precision", "recall"} and last["floor"]["n"] == 64
+    assert set(last["floor"]) >= {"fid", "kid", "precision", "recall"} and last["floor"]["n"] == 65
     assert 0 <= last["memorised"] <= 1 and 0 <= last["memorised_heldout"] < 0.05 and 0 <= last["not_digit"] <= 1
     assert (folder / "plots" / "nearest.png").stat().st_size > 0
     assert (folder / "checkpoints" / "best.ckpt").exists()
@@ -177,7 +177,7 @@ def test_evaluation_leaves_the_training_rng_alone(tiny_cfg, tmp_path):
         tiny_cfg(
             "data.resolution=16",
             "eval=digits",
-            "eval.n_samples=64",
+            "eval.n_samples=65",
             "eval.every_n_steps=2",
             "eval.sampler_steps=2",
             "eval.seeds=1",

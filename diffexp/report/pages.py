@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from diffexp.report.ranking import spread
+from diffexp.report.ranking import spread, width_label
 from diffexp.tables import NOISE_MARK, SCALE, cell, markdown, within_noise
 
 # "{m} 95% CI" of a run: over its sampling seeds; of a recipe: over its training seeds. "samples": sampling seeds x
@@ -24,7 +24,7 @@ def shown(rows: list[dict], metric: str, recipes: bool = False) -> list[dict]:
     metric; the rows the report computes with keep their own names."""
     out = []
     for r in rows:
-        names = {f"{metric} 95% CI": r["ci"], "post-hoc EMA width": r["ema_sigma_rel"]}
+        names = {f"{metric} 95% CI": r["ci"], "post-hoc EMA width": width_label(r)}
         names[f"{metric} at fixed EMA"] = r["fixed"]
         if recipes:
             names |= {f"{metric} mean": r["mean"], f"{metric} std": r["std"]}

@@ -26,10 +26,12 @@ def _colours(sizes: list[str]) -> dict[str, Any]:
     return {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sizes)}
 
 
-def plot_pareto(rows: list[dict], metric: str, compute: str, path: Path) -> None:
+def plot_pareto(rows: list[dict], metric: str, compute: str, path: Path) -> list[str]:
     """Each recipe's mean figure against its training compute, with its 95% interval, one colour per model size
-    and the Pareto front of each basis.
+    and the Pareto front of each basis; returns the legend's labels.
 
+    A recipe with several training seeds shows its interval over them (filled circles); a one-seed recipe shows its
+    run's interval over sampling seeds (hollow squares, labelled apart), which leaves out the training seed's spread.
     A fixed-budget sweep gives every recipe the same images seen, which would stack all points in one column:
     then training time is the x axis instead (the title says so).
     """
@@ -46,19 +48,24 @@ def plot_pareto(rows: list[dict], metric: str, compute: str, path: Path) -> None
     colours = _colours(size_order(rows))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for size in dict.fromkeys(r["size"] for r in scored):
-        mine = [r for r in scored if r["size"] == size]
-        low = [r["mean"] - r["interval"][0] if r["interval"] else 0 for r in mine]
-        high = [r["interval"][1] - r["mean"] if r["interval"] else 0 for r in mine]
-        ax.errorbar(
-            [r[compute] for r in mine],
-            [r["mean"] for r in mine],
-            yerr=[low, high],
-            fmt="o",
-            color=colours[size],
-            capsize=3,
-            label=size,
-            zorder=3,
-        )
+        for one_seed, (marker, kind) in enumerate((("o", "training seeds"), ("s", "1 seed: sampling seeds only"))):
+            mine = [r for r in scored if r["size"] == size and (r.get("seeds", 1) == 1) == bool(one_seed)]
+            if not mine:
+                continue
+            ax.errorbar(
+                [r[compute] for r in mine],
+                [r["mean"] for r in mine],
+                yerr=[
+                    [r["mean"] - r["interval"][0] if r["interval"] else 0 for r in mine],
+                    [r["interval"][1] - r["mean"] if r["interval"] else 0 for r in mine],
+                ],
+                fmt=marker,
+                mfc="none" if one_seed else colours[size],
+                color=colours[size],
+                capsize=3,
+                label=f"{size} (interval over {kind})",
+                zorder=3,
+            )
     for k, basis in enumerate(dict.fromkeys(r["basis"] for r in scored)):
         group = [r for r in scored if r["basis"] == basis]
         front = [group[i] for i in pareto_front([(r[compute], r["mean"]) for r in group], higher)]
@@ -83,9 +90,11 @@ def plot_pareto(rows: list[dict], metric: str, compute: str, path: Path) -> None
     ax.set_ylabel(f"{metric}, mean and 95% interval ({'higher' if higher else 'lower'} is better)")
     title = f"{metric} of each recipe against training compute" + note
     ax.set_title(title + ("" if scored else " (no scored runs)"), fontsize=9)
+    labels = ax.get_legend_handles_labels()[1]
     if scored:
         ax.legend(fontsize=7)
     _save(fig, path)
+    return labels
 
 
 def loss_curve(path: str) -> tuple[list[int], list[float]]:

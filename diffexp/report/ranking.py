@@ -7,6 +7,7 @@ import math
 import statistics
 
 from diffexp.flow_samplers import model_calls
+from diffexp.identity import describe
 from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.report.runs import natural_key, recipe_setting
 from diffexp.stats import mean_interval, welch
@@ -63,10 +64,25 @@ def choose_metric(runs: list[dict], metric: str) -> tuple[str, str | None]:
     )
 
 
+def data_basis(run: dict) -> str:
+    """What data a run's figure is of: the dataset (name or path), resolution, channels and held-out set (its
+    fingerprint; runs made before it was recorded say so). Figures of different data are never compared."""
+    data = (run.get("config") or {}).get("data") or {}
+    name = data.get("name") or data.get("path") or str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+    held = f"held-out {describe(run['heldout'])}" if run.get("heldout") else "no held-out fingerprint"
+    return f"{name} {data.get('resolution', '?')}px {data.get('channels', '?')}ch, {held}"
+
+
 def basis_note(metric: str, bases: list[str]) -> str | None:
     """The line saying why runs of several bases are ranked apart (None with one basis)."""
     if len(bases) < 2:
         return None
+    data = sorted({b.split(" | ", 1)[0] for b in bases})
+    if len(data) > 1:
+        return (
+            f"Runs are of different data ({'; '.join(data)}): a figure is only comparable on one dataset, resolution, "
+            f"channel count and held-out set, so each is ranked on its own."
+        )
     if metric == "denoise":
         return (
             f"Held-out denoising errors of different prediction targets do not rank runs as sample quality does "
@@ -121,6 +137,7 @@ def score(run: dict, metric: str) -> dict:
             levels = len(ev.get("denoise_levels") or ())
             target = (run["config"].get("schedule") or {}).get("prediction_type", "?")
             basis = f"held-out denoising error, {target} target, {ev.get('denoise_images')} images x {levels} levels"
+    basis = f"{data_basis(run)} | {basis}"
     ranked = run["status"] == "finished" and isinstance(value, int | float) and math.isfinite(value)
     ev = run["eval"]
     ci = ev.get(f"{metric}_ci") if metric != "final_loss" else None
@@ -134,8 +151,17 @@ def score(run: dict, metric: str) -> dict:
         **{k: ev.get(k) for k in ("feature_net", "n_real", "n_fake", "memorised")},
         # ema=posthoc: the width the run chose, and its figure at the recipe's fixed width (ema.sigma_rel)
         "ema_sigma_rel": ev.get("ema_sigma_rel"),
+        "ema_profile_error": ev.get("ema_profile_error"),  # how well the snapshots built it (diffexp.profiles)
         "fixed": ev.get(f"{metric}_fixed") if metric != "final_loss" else None,
     }
+
+
+def width_label(run: dict) -> str | None:
+    """A post-hoc run's chosen width with its profile error beside it (runs recorded before the error: the width)."""
+    width, error = run.get("ema_sigma_rel"), run.get("ema_profile_error")
+    if not isinstance(width, int | float):
+        return width
+    return f"{width:g}" + (f" (profile error {error:.1%})" if isinstance(error, int | float) else "")
 
 
 def size_order(runs: list[dict]) -> list[str]:
@@ -214,7 +240,7 @@ def recipes(runs: list[dict], higher_is_better: bool) -> list[dict]:
                 # where one seed gives no interval over seeds, its run's interval over sampling seeds, if any
                 "interval": interval[1:] if interval else members[0]["interval"] if len(members) == 1 else None,
                 "samples": " ".join(sorted({m["samples"] for m in members if m.get("samples")})) or None,
-                "ema_sigma_rel": " ".join(f"{m['ema_sigma_rel']:g}" for m in members if m.get("ema_sigma_rel")) or None,
+                "ema_sigma_rel": " ".join(width_label(m) for m in members if m.get("ema_sigma_rel")) or None,
                 "fixed": _mean([m.get("fixed") for m in members]),
                 "final_loss": _mean([m["final_loss"] for m in members]),
                 "images_seen": _mean([m["images_seen"] for m in members]),

@@ -10,11 +10,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from diffexp.errors import ConfigError
-from diffexp.record import RunRecord
+from diffexp.record import RunRecord, stopped_reason
 
 # Settings that do not change what a run learns (the seed is averaged over instead), and group choices that are no
 # part of a recipe themselves (a sweep file or experiment only sets other settings, which the config holds).
-NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag", "optuna")
+NOT_RECIPE = ("seed", "threads", "resume", "logger", "hydra", "sweep_name", "tag", "optuna", "allow_changed_data")
 NOT_RECIPE_GROUPS = ("logger", "experiment", "sweeps")  # a sweep file sets recipe keys, which the config holds
 # What a run shows and keeps rather than what it learns: runs that differ only here pool as one recipe (an exported
 # experiment still carries them, so the run it retrains writes what the original wrote).
@@ -84,6 +84,9 @@ def run_row(folder: Path) -> dict[str, Any]:
     status, error = record.status, _logged_error(folder)
     if status == "running" and error:
         status = "failed"
+    stopped = stopped_reason(record, folder) if status == "running" else None
+    if stopped:  # killed: its record will never leave `running`
+        status, error = "failed", stopped
     reason = None
     if status == "failed":
         reason = record.reason or error or "no metrics.json: the job stopped before training started"
@@ -107,6 +110,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "eval": record.eval or {},
         "eval_history": record.eval_history or [e for e in [record.eval_best] if e],
         "prediction": (config.get("schedule") or {}).get("prediction_type"),
+        "heldout": record.heldout,  # the held-out fingerprint (None: a run made before it was recorded)
         **{k: getattr(record, k) for k in ("final_loss", "images_seen", "train_seconds", "parameters", "steps")},
         "losses": str(folder / "losses.csv") if (folder / "losses.csv").exists() else None,
         "grid": str(grids[-1]) if grids else None,
