@@ -137,7 +137,7 @@ def test_flow_samplers_sample_and_evaluate_counts_model_calls_against_the_flow_r
     with pytest.raises(ConfigError, match=r"^sampler.name=ddim samples DDPM models"):
         sample(compose_train([f"run={flow_run}", "sampler=ddim", "n=4"], tmp_path / "s", name="sample"))
 
-    args = [f"run={flow_run}", "samplers=[flow_euler,flow_heun]", "steps=[2]", "ddpm_steps=[3]", "n=64",
+    args = [f"run={flow_run}", "samplers=[flow_euler,flow_heun]", "steps=[2]", "ddpm_steps=[3]", "n=65",
             "eval.seeds=2", "eval.reference_size=100", "threads=1", "device=cpu"]  # fmt: skip
     table = evaluate(compose_train(args, tmp_path / "e", name="evaluate"))
     rows = {(r["sampler"], r["steps"]): r for r in csv.DictReader(table.open())}
