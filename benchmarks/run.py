@@ -200,7 +200,7 @@ def bench_posthoc(steps: int) -> list[dict]:
     from omegaconf import OmegaConf
 
     from diffexp.config import CONF_DIR
-    from diffexp.posthoc import write_snapshot
+    from diffexp.snapshots import write_snapshot
 
     shipped = OmegaConf.load(Path(CONF_DIR) / "ema" / "posthoc.yaml")  # ema.snapshots a run, unless snapshot_every
     rows = []

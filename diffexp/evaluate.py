@@ -198,7 +198,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
     """Each of `ema_sigma_rel`, reconstructed from a post-hoc run's snapshots at its final step, scored with the
     run's evaluation sampler against the held-out images; a table, a plot against the width, a JSON record."""
     from diffexp.ema import check_sigma_rel
-    from diffexp.posthoc import list_snapshots, load_width
+    from diffexp.snapshots import list_snapshots, load_width
 
     widths = [cfg.ema_sigma_rel] if isinstance(cfg.ema_sigma_rel, int | float | str) else list(cfg.ema_sigma_rel)
     for w in widths:

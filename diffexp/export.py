@@ -174,7 +174,7 @@ def run(cfg: DictConfig) -> Path:
     step = loaded.step if loaded.step is not None else record.steps
     posthoc = None
     if width is not None:
-        from diffexp.posthoc import load_width
+        from diffexp.snapshots import load_width
 
         held = load_width(loaded.unet, run_dir, float(width))
         figures, scored_by = width_figures(run_dir, record, float(width))

@@ -72,7 +72,7 @@ def load_checkpoint(ckpt: Path, folder: Path) -> LoadedRun:
     if "ema" in state:
         shadows = state["ema"].get("shadow_params")
         if state["ema"].get("kind") == "posthoc":  # the width in use, reconstructed from the run's snapshots
-            from diffexp.posthoc import checkpoint_average
+            from diffexp.snapshots import checkpoint_average
 
             shadows = checkpoint_average(state["ema"], folder / "ema", [n for n, _ in unet.named_parameters()])
         for p, shadow in zip(unet.parameters(), shadows, strict=True):

@@ -25,7 +25,7 @@ MOST_SNAPSHOTS = 4096  # the largest snapshot count `snapshots_needed` considers
 
 def solve(steps: list[int], sigma_rels: list[float], widths: list[float], step: int) -> tuple[torch.Tensor, list]:
     """The reconstruction weights `[len(steps) x len(sigma_rels), len(widths)]` (snapshot-major, as
-    `diffexp.posthoc.reconstruct` sums them) and each width's profile error (see the module docstring)."""
+    `diffexp.snapshots.reconstruct` sums them) and each width's profile error (see the module docstring)."""
     from ema_pytorch.post_hoc_ema import p_dot_p, solve_weights
 
     gammas = [sigma_rel_to_gamma(s) for s in sigma_rels]

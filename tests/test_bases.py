@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from test_compare import compose_app
 
 from diffexp.compare import run as compare
+from helpers import compose_app
 
 HELD = {"count": 360, "hash": "a" * 16, "revision": None}
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import compose_train
 from omegaconf import OmegaConf
 
 from diffexp.config import CONF_DIR
@@ -16,6 +15,7 @@ from diffexp.errors import ConfigError
 from diffexp.features import load_feature_net
 from diffexp.heldout import Reference, evaluation_reference
 from diffexp.metrics import check_sample_count, fd_refusal
+from helpers import compose_train
 
 INCEPTION_WIDTH = 2048  # InceptionV3's pool features (the net cannot load here: its rule is tested on the functions)
 

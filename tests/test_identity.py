@@ -9,14 +9,13 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import TINY, compose_train
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
-from test_data import pil_images
 
 from diffexp.data import DigitsDataModule, HubDataModule, ImageFolderDataModule, digits_split
 from diffexp.errors import ConfigError
 from diffexp.identity import NO_FINGERPRINT, fingerprint, hub_revision
+from helpers import TINY, compose_train, pil_images, save_hub_copy
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +67,6 @@ def test_the_digits_keep_their_split_and_get_a_fingerprint():
 
 
 def test_a_hub_copy_has_a_fingerprint_and_the_cache_names_the_revision(tmp_path, monkeypatch):
-    from test_data import save_hub_copy
 
     local = save_hub_copy(tmp_path / "ds", n=40)
     dm = HubDataModule(name=str(local), resolution=8, channels=3, batch_size=2, flip=False, holdout=10)

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from diffexp.posthoc import list_snapshots, width_weights
+from diffexp.snapshots import list_snapshots, width_weights
 from helpers import TINY, compose_train
 
 SHORT = [*TINY, "logger=csv", "trainer.max_steps=40", "preview.every_n_steps=0", "checkpoint.every_n_steps=1000"]
@@ -156,7 +156,7 @@ def test_sigkill_then_resume_gives_the_same_snapshots(tmp_path):
 
 def test_a_run_without_snapshots_or_a_bad_width_is_one_line(tmp_path):
     from diffexp.errors import ConfigError
-    from diffexp.posthoc import width_weights as weights_of
+    from diffexp.snapshots import width_weights as weights_of
 
     with pytest.raises(ConfigError, match=r"^ema_sigma_rel=0.1: .* holds no EMA snapshots .*ema=posthoc$"):
         weights_of(Path(tmp_path), 0.1)
