@@ -8,9 +8,6 @@ depends only on `(seed, s)`: a resumed run sees exactly the batches the interrup
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from diffexp.errors import ConfigError
+from diffexp.hub import cached_tensor, hub_reachable
 from diffexp.identity import fingerprint, hash_split, hub_revision, image_keys
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -226,70 +224,6 @@ class DigitsDataModule(ImageDataModule):
         return images, digits_split(len(images))[1]
 
 
-def _preprocess(batch: dict, image_column: str, resolution: int, mode: str) -> dict:
-    """PIL images -> uint8 CHW arrays: convert, resize the short side, centre-crop."""
-    from PIL import Image
-
-    out = []
-    for img in batch[image_column]:
-        img = img.convert(mode)
-        w, h = img.size
-        scale = resolution / min(w, h)
-        img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
-        arr = np.asarray(img, dtype=np.uint8)
-        out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-    return {"pixels": out}
-
-
-def _cached_tensor(ds, image_column: str, resolution: int, channels: int, what: str) -> torch.Tensor:
-    """Runs `_preprocess` through `datasets.map`, so the result is cached on disk by its fingerprint."""
-    import datasets
-
-    if image_column not in ds.column_names:
-        raise ConfigError(
-            f"data.image_column={image_column!r} is not a column of {what} (columns: {ds.column_names}): "
-            f"set data.image_column to the one holding the images"
-        )
-    features = datasets.Features({"pixels": datasets.Array3D((channels, resolution, resolution), "uint8")})
-    try:
-        ds = ds.map(
-            _preprocess,
-            batched=True,
-            batch_size=64,
-            remove_columns=ds.column_names,
-            features=features,
-            fn_kwargs={"image_column": image_column, "resolution": resolution, "mode": "L" if channels == 1 else "RGB"},
-            desc=f"Decoding {what} at {resolution}px (once; cached)",
-        )
-    except (OSError, ValueError, AttributeError) as e:
-        raise ConfigError(f"{what}: an image could not be decoded ({e}); remove or fix that file") from e
-    # dtype: datasets' numpy formatter widens integer arrays to int64 unless told otherwise (8x the memory).
-    return torch.from_numpy(ds.with_format("numpy", dtype=np.uint8)[:]["pixels"])
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether huggingface.co answers within `timeout` seconds, DNS lookup included (the socket timeout alone does
-    not bound a hanging resolver, so the check runs in a daemon thread that is abandoned when late)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    answer: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            answer.append(True)
-        except OSError:
-            answer.append(False)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answer and answer[0])
-
-
 class HubDataModule(ImageDataModule):
     """Any Hugging Face image dataset by Hub name, or a local copy of one.
 
@@ -331,7 +265,7 @@ class HubDataModule(ImageDataModule):
             else:
                 ds = datasets.load_dataset(str(local))
         else:
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise ConfigError(
                     f"data.name={self.name!r}: the Hugging Face Hub cannot be reached and this is no local "
                     f"folder: download the dataset where there is network (Dataset.save_to_disk) and set "
@@ -359,10 +293,10 @@ def _with_holdout(train, test, holdout, column: str, dm: ImageDataModule, what: 
     """(all images, their keys, held-out indices): the test split appended and held out where there is one and
     `holdout` is None; else `holdout` (default `DEFAULT_HOLDOUT`) of `train`, chosen per image by its key's hash
     (`diffexp.identity.hash_split`), so adding images never moves the earlier held-out ones."""
-    images = _cached_tensor(train, column, dm.resolution, dm.channels, what)
+    images = cached_tensor(train, column, dm.resolution, dm.channels, what)
     keys = image_keys(train, column)
     if holdout is None and test is not None:
-        held = _cached_tensor(test, column, dm.resolution, dm.channels, f"{what} (test split)")
+        held = cached_tensor(test, column, dm.resolution, dm.channels, f"{what} (test split)")
         index = torch.arange(len(images), len(images) + len(held))
         return torch.cat([images, held]), keys + image_keys(test, column), index
     holdout = DEFAULT_HOLDOUT if holdout is None else holdout

@@ -88,9 +88,9 @@ def load_dinov2(model: str | None, channels: int) -> Dinov2Net:
             return Dinov2Net(Dinov2Model.from_pretrained(source, local_files_only=True), source)
         except OSError:
             pass
-        from diffexp.data import _hub_reachable
+        from diffexp.hub import hub_reachable
 
-        if not _hub_reachable():
+        if not hub_reachable():
             from huggingface_hub.constants import HF_HUB_CACHE
 
             raise ConfigError(

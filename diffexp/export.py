@@ -204,9 +204,9 @@ def run(cfg: DictConfig) -> Path:
 
 def check_hub(folder: Path, repo_id: str) -> None:
     """Offline, `push_to_hub=true` fails at once with one line, before anything is written."""
-    from diffexp.data import _hub_reachable
+    from diffexp.hub import hub_reachable
 
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ConfigError(
             f"push_to_hub=true: the Hugging Face Hub cannot be reached from here: export without it and upload "
             f"{folder} later from a machine with network (huggingface-cli upload {repo_id} {folder})"

@@ -228,12 +228,12 @@ def test_hub_check_is_bounded_even_when_the_resolver_hangs(monkeypatch):
     import socket
     import time
 
-    from diffexp import data
+    from diffexp import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))  # a resolver that hangs
     start = time.perf_counter()
-    assert data._hub_reachable(timeout=0.5) is False
+    assert hub.hub_reachable(timeout=0.5) is False
     assert time.perf_counter() - start < 5
 
 
