@@ -133,11 +133,15 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
     assert scored["sampler"] == "ddim" and not scored["fid"] and math.isfinite(float(scored["kid_x1e3"]))
 
 
-def crafted(folder: Path, target: str, schedule: str, loss: float, denoise: float | None = None) -> Path:
+def crafted(
+    folder: Path, target: str, schedule: str, loss: float, denoise: float | None = None, seed: int = 0
+) -> Path:
     """A finished run folder written by hand: its schedule, target, final loss, and (optionally) denoising error and
-    a digits FID that orders the runs as the denoising error does, but for the last two."""
+    a digits FID that orders the runs as the denoising error does, but for the last two. Runs of one recipe need
+    distinct seeds: the report counts a recipe's seed once."""
     (folder / ".hydra").mkdir(parents=True)
-    config = {"seed": 0, "schedule": {"beta_schedule": schedule, "prediction_type": target}, "loss": {"snr_gamma": 5.0}}
+    schedule_cfg = {"beta_schedule": schedule, "prediction_type": target}
+    config = {"seed": seed, "schedule": schedule_cfg, "loss": {"snr_gamma": 5.0}}
     OmegaConf.save(config, folder / ".hydra" / "config.yaml")
     overrides = [f"schedule.prediction_type={target}", f"schedule.beta_schedule={schedule}"]
     OmegaConf.save(overrides, folder / ".hydra" / "overrides.yaml")
@@ -152,7 +156,7 @@ def crafted(folder: Path, target: str, schedule: str, loss: float, denoise: floa
 def test_training_losses_are_ranked_only_within_equal_schedule_target_and_weighting(tmp_path):
     grid = [("epsilon", "linear", 0.05), ("epsilon", "linear", 0.04), ("v_prediction", "linear", 0.5),
             ("epsilon", "squaredcos_cap_v2", 0.08)]  # fmt: skip
-    runs = [crafted(tmp_path / "s" / str(k), *g) for k, g in enumerate(grid)]
+    runs = [crafted(tmp_path / "s" / str(k), *g, seed=k) for k, g in enumerate(grid)]
     out = compare(compose_app("compare", [f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'r'}"]))
     board = {r["run"]: r for r in rows(out / "leaderboard.csv")}
     assert board["s/1"]["rank"] == "1" and board["s/0"]["rank"] == "2"  # the one group of two
@@ -163,7 +167,8 @@ def test_training_losses_are_ranked_only_within_equal_schedule_target_and_weight
     assert "no ranking across them" in report and "ranked by their final training loss" in report
     # with a held-out denoising error: one comparison across schedules and weightings, apart per target
     runs = [
-        crafted(tmp_path / "d" / str(k), *g, denoise=d) for k, (g, d) in enumerate(zip(grid, [3, 2, 1, 4], strict=True))
+        crafted(tmp_path / "d" / str(k), *g, denoise=d, seed=k)
+        for k, (g, d) in enumerate(zip(grid, [3, 2, 1, 4], strict=True))
     ]
     args = [f"runs=[{','.join(map(str, runs))}]", "metric=denoise", f"out={tmp_path / 'r2'}"]
     out = compare(compose_app("compare", args))
