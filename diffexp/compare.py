@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.files import AtomicFolder
@@ -155,8 +156,11 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report(run, cfg)
+
+
+main = entry("compare", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, run_callbacks
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR, flatten, instantiate, remove_new_folder
 from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule
@@ -38,7 +39,7 @@ from diffexp.record import RunRecord
 from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
 from diffexp.runtime import Speed, rank, set_threads
 from diffexp.samplers import Sampler
-from diffexp.schema import check, validate
+from diffexp.schema import check_recipe
 from diffexp.search import trial_keys
 from diffexp.terminal import quiet
 
@@ -84,8 +85,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
             return done
         resuming = True
     check_own_folder(run_dir, resuming)
-    validate(cfg)
-    check(cfg)
+    check_recipe(cfg, [] if resuming else list(hydra_cfg.overrides.task))
     if choices is None:
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     training = build(cfg, run_dir, choices, resuming, stop)
@@ -323,10 +323,13 @@ def run_or_tidy(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     return report(run_or_tidy, cfg, multirun, partial(_record_failure, Path(hydra_cfg.runtime.output_dir), multirun))
+
+
+main = entry("train", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":
