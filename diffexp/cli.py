@@ -76,6 +76,7 @@ def check(
     try:
         mode = RunMode.MULTIRUN if multirun else RunMode.RUN
         cfg = _compose(loader, name, overrides, mode)
+        check_options(loader, overrides)
         if only_compose:
             return
         if multirun:
@@ -116,6 +117,23 @@ def _compose(loader, name: str, overrides: list[str], mode) -> DictConfig:
         if line is None:
             raise
         raise ConfigError(line) from e
+
+
+def check_options(loader, overrides: list[str]) -> None:
+    """A group option that does not exist, where Hydra says nothing: an `optional` group (`experiment=NAME` without
+    the `--config-dir` that holds it) would train the default recipe without a word."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element().lstrip("+~")
+        options = loader.get_group_options(key) if "." not in key and "@" not in key else []
+        if not options or override.is_delete() or override.value() is None:
+            continue
+        wanted = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        for option in wanted:
+            if isinstance(option, str) and option not in options:
+                real = ", ".join(o for o in options if not o.startswith("_"))
+                raise ConfigError(f"{key}={option}: no such option of {key}; choose one of {real}")
 
 
 def composition_error(error: Exception, compose: Callable[[list[str]], DictConfig], overrides: list[str]) -> str | None:

@@ -130,6 +130,15 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     return best
 
 
+def default_out(sweeps: list, folders: list[Path]) -> Path:
+    """`<first sweep>/report`; for runs alone, beside their folder, except in `outputs/DATE/`, which holds runs
+    only: there `reports/report` beside `outputs/` (a later report is `report-2`, ...)."""
+    if sweeps:
+        return Path(sweeps[0]) / "report"
+    parent = folders[0].parent
+    return parent.parent.parent / "reports" / "report" if parent.parent.name == "outputs" else parent / "report"
+
+
 def run(cfg: DictConfig) -> Path:
     """Loads the runs, writes the report into a temporary folder and renames it into place, so no report is
     ever half-written or overwritten; prints where the leaderboard is and the best recipe per model size."""
@@ -142,7 +151,7 @@ def run(cfg: DictConfig) -> Path:
     sweeps, run_list = _as_list(cfg.sweep), _as_list(cfg.runs)
     folders = find_runs(sweeps, run_list)
     runs = [run_row(f) for f in folders]
-    out = Path(cfg.out).expanduser() if cfg.out else (Path(sweeps[0]) if sweeps else folders[0].parent) / "report"
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(sweeps, folders)
     folder = AtomicFolder(out, replace=False)  # a new report never replaces an earlier one
     with folder as tmp:
         best = build(runs, cfg.metric, cfg.compute, cfg.name, [str(s) for s in sweeps + run_list], tmp)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffexp.denoise import x0_from_output
 from diffexp.errors import ConfigError
+from diffexp.terminal import bars_wanted
 
 # Pixel-space images live in [-1, 1]: DDPM and DDIM clip their x_0 estimate to it (clip_sample), DPM-Solver++ and
 # UniPC threshold it. Without that, the first steps of a cosine schedule (t=999: sigma ~ 2e4) blow up in float32.
@@ -91,7 +92,10 @@ def sample(
     extra = ({"generator": generator} if takes_generator else {}) | step_options
     x = noise * scheduler.init_noise_sigma
     for t in tqdm(
-        scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
+        scheduler.timesteps,
+        desc=f"sampling ({type(scheduler).__name__})",
+        disable=not (progress and bars_wanted()),  # a pipe or a log file gets no bar (as training)
+        leave=False,
     ):
         model_input = scheduler.scale_model_input(x, t)  # Euler: x / sqrt(sigma^2 + 1), the x_t of the DDPM maths
         model_output = unet(model_input, t).sample

@@ -100,7 +100,6 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
     anything is written."""
     verbose = bool(cfg.get("verbose"))  # recipes saved before the key have none
     quiet(verbose)
-    log.info("run folder: %s", run_dir)
     threads = set_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=verbose)
     speed = Speed.of(cfg)
@@ -110,6 +109,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
     datamodule.prepare()  # bad data fails here, before anything is built or written
     sampler = instantiate(cfg.sampler)  # so does a bad sampler
     evaluate = _evaluation(cfg, datamodule, sampler, run_dir)  # and a bad eval setting
+    log.info("run folder: %s", run_dir)  # after the refusals above: a refused run never names a folder it removes
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
     module = _module(cfg, speed, config)
     parameters = sum(p.numel() for p in module.unet.parameters())
