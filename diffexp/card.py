@@ -100,7 +100,7 @@ images = [Image.fromarray(s.permute(1, 2, 0).squeeze(-1).numpy()) for s in sampl
 
 
 def plural(count: int, word: str) -> str:
-    """`1 channel`, `3 channels`: counts read as words, not `channel(s)`."""
+    """`1 channel`, `3 channels`: counts read as words, with no bracketed plural."""
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
