@@ -45,15 +45,17 @@ def check_grid(loader, master: DictConfig, checks: Callable[[DictConfig, list[st
     params = [f"{k}={v}" for k, v in (master.hydra.sweeper.get("params") or {}).items()]
     parsed = OverridesParser.create(config_loader=loader).parse_overrides([*params, *master.hydra.overrides.task])
     jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     for number, job in enumerate(jobs):
-        check_job(loader, master, checks, list(job), f"sweep job {number}")
+        shown = [o for o in job if o.split("=", 1)[0] in swept]  # what tells this job from the others
+        check_job(loader, master, checks, list(job), f"sweep job {number}", shown)
 
 
-def check_job(loader, master: DictConfig, checks, overrides: list[str], name: str) -> None:
-    """One job composed as its launcher will, then checked; a mistake names the job and its overrides."""
+def check_job(loader, master: DictConfig, checks, overrides: list[str], name: str, shown: list | None = None) -> None:
+    """One job composed as its launcher will, then checked; a mistake names the job and its (`shown`) overrides."""
     from diffexp.cli import composition_error, task_config
 
-    shown = " ".join(o for o in overrides if not o.startswith("optuna."))  # the sweeper's keys: not the user's
+    shown = " ".join(o for o in (overrides if shown is None else shown) if not o.startswith("optuna."))
     try:
         cfg = loader.load_sweep_config(master, overrides)
     except Exception as e:

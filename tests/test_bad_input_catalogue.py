@@ -255,7 +255,7 @@ BEFORE_HYDRA = {
     "sweep_file_bad_setting": (
         "train",
         ["-m", "sweeps=quick", "optim.warmup=1"],
-        "sweep job 0 (optim.optimizer.lr=0.001 sweeps=quick optim.warmup=1): optim.warmup=1",
+        "sweep job 0 (optim.optimizer.lr=0.001): optim.warmup=1",
     ),
     "sweep_joblib": ("train", ["-m", "hydra/launcher=joblib", "optim.optimizer.lr=1e-3,-1"], "sweep job 1"),
     "sweep_submitit": (
