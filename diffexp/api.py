@@ -47,7 +47,10 @@ def _run_app(name: str, task: Callable, overrides: list[str], config_dir: str | 
     from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
+    from diffexp.cli import check
+
     new_uid()  # each call its own run folder name, however quickly they follow each other
+    check(name, overrides, config_dir)  # as the command's: a mistake is a ConfigError before any folder is made
     search_path = create_config_search_path(CONF_DIR)
     if config_dir is not None:  # as `--config-dir`: after the package's conf/
         search_path.prepend("command-line", f"file://{Path(config_dir).resolve()}", SearchPathQuery(provider="schema"))

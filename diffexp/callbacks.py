@@ -207,9 +207,10 @@ class Evaluate(pl.Callback):
         seconds = round(time.perf_counter() - start, 2)  # what evaluation costs the run, for the benchmark
         point = {"step": trainer.global_step, "images": self.point(trainer)}
         if trainer.is_global_zero:
-            shown = [f"{k} {figures[k]:.4g}" for k in ("fid", self.monitor) if isinstance(figures.get(k), float)]
-            shown = ", ".join(dict.fromkeys(shown))  # fid, and the monitor where it differs
-            log.info("evaluation at step %d: %s (%.0f s)", trainer.global_step, shown, seconds)
+            names = {"fid": "fid", self.monitor: self.monitor, "denoise": "held-out denoising error"}
+            shown = [f"{names[k]} {figures[k]:.4g}" for k in names if isinstance(figures.get(k), float)]
+            if shown:  # fid, the monitor where it differs, the denoising error; eval=none without held-out: nothing
+                log.info("evaluation at step %d: %s (%.0f s)", trainer.global_step, ", ".join(shown), seconds)
         self.history.append(point | figures | {"seconds": seconds})
 
     def state_dict(self) -> dict:

@@ -79,6 +79,7 @@ def snippet(source: str, scheduler, name: str, steps: int, options: dict, channe
     cls = SCHEDULERS[name][0]
     settings = scheduler_settings(name, scheduler, **sampler.scheduler_options)
     del settings["trained_betas"]  # written as code below: the pipeline's own training betas
+    del settings["beta_schedule"]  # trained_betas decide the schedule; its name is left out below too
     step_args = ", generator=generator" if "generator" in _step_parameters(cls) else ""
     step_args += "".join(f", {k}={v!r}" for k, v in sampler.step_options.items())
     return f"""import torch
@@ -89,7 +90,7 @@ pipeline = DDPMPipeline.from_pretrained({source!r})
 unet, training = pipeline.unet.eval(), pipeline.scheduler
 # {SAMPLER_NAMES[name]} at {steps} steps, built as diffexp builds it: on the training betas, trailing spacing
 settings = {settings!r}
-config = {{k: v for k, v in training.config.items() if k != "_use_default_values"}}
+config = {{k: v for k, v in training.config.items() if k not in ("_use_default_values", "beta_schedule")}}
 scheduler = {cls.__name__}.from_config(config | settings | {{"trained_betas": training.betas.tolist()}})
 scheduler.set_timesteps({steps})
 
@@ -102,6 +103,11 @@ with torch.no_grad():
 samples = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)  # [{SNIPPET_N}, {channels}, {size}, {size}]
 images = [Image.fromarray(s.permute(1, 2, 0).squeeze(-1).numpy()) for s in samples]
 """
+
+
+def plural(count: int, word: str) -> str:
+    """`1 channel`, `3 channels`: counts read as words, with no bracketed plural."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _step_parameters(cls) -> set[str]:
@@ -164,7 +170,7 @@ def figures_section(ev: dict, posthoc_line: str) -> str:
     lines = [
         posthoc_line
         + f"Scored at step {ev.get('step', '?')} against {ev['n_real']} held-out images the model never trained on "
-        f"({ev['feature_net']} features, {ev['n_fake']} samples from each of {seeds} sampling seed(s), "
+        f"({ev['feature_net']} features, {ev['n_fake']} samples from each of {plural(seeds, 'sampling seed')}, "
         f"{SAMPLER_NAMES.get(ev.get('sampler'), ev.get('sampler'))} at {ev.get('sampler_steps')} steps; 95% intervals: "
         f"FID over the seeds, the others by bootstrap). {kid_note()}",
         "",
@@ -225,7 +231,7 @@ CARD = """---
 # {{ title }}
 
 An unconditional image diffusion model ({{ params }}M-parameter `UNet2DModel`, {{ resolution }} px,
-{{ channels }} channel(s)) trained with diffexp on {{ dataset }}, recipe `{{ recipe }}`.
+{{ channels }}) trained with diffexp on {{ dataset }}, recipe `{{ recipe }}`.
 {{ weights }}
 {{ grid }}
 ## Usage
@@ -352,7 +358,7 @@ def model_card(
         title=f"{recipe} on {dataset} ({resolution} px)",
         params=f"{(record.parameters or 0) / 1e6:.2f}",
         resolution=resolution,
-        channels=channels,
+        channels=plural(channels, "channel"),
         dataset=dataset + (f" (`{dataset_id}`)" if dataset_id else ""),
         recipe=recipe,
         weights=weights,

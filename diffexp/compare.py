@@ -19,6 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig
 
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.files import AtomicFolder
@@ -131,6 +132,15 @@ def build(runs: list[dict], metric: str, compute: str, name: str, sources: list[
     return best
 
 
+def default_out(sweeps: list, folders: list[Path]) -> Path:
+    """`<first sweep>/report`; for runs alone, beside their folder, except in `outputs/DATE/`, which holds runs
+    only: there `reports/report` beside `outputs/` (a later report is `report-2`, ...)."""
+    if sweeps:
+        return Path(sweeps[0]) / "report"
+    parent = folders[0].parent
+    return parent.parent.parent / "reports" / "report" if parent.parent.name == "outputs" else parent / "report"
+
+
 def run(cfg: DictConfig) -> Path:
     """Loads the runs, writes the report into a temporary folder and renames it into place, so no report is
     ever half-written or overwritten; prints where the leaderboard is and the best recipe per model size."""
@@ -143,7 +153,7 @@ def run(cfg: DictConfig) -> Path:
     sweeps, run_list = _as_list(cfg.sweep), _as_list(cfg.runs)
     folders = find_runs(sweeps, run_list)
     runs = [run_row(f) for f in folders]
-    out = Path(cfg.out).expanduser() if cfg.out else (Path(sweeps[0]) if sweeps else folders[0].parent) / "report"
+    out = Path(cfg.out).expanduser() if cfg.out else default_out(sweeps, folders)
     folder = AtomicFolder(out, replace=False)  # a new report never replaces an earlier one
     with folder as tmp:
         best = build(runs, cfg.metric, cfg.compute, cfg.name, [str(s) for s in sweeps + run_list], tmp)
@@ -157,8 +167,11 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report(run, cfg)
+
+
+main = entry("compare", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

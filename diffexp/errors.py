@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("diffexp")
@@ -13,6 +14,12 @@ log = logging.getLogger("diffexp")
 
 class ConfigError(ValueError):
     """A bad setting: the message is one line naming the setting and the fix."""
+
+
+def nearest(key: str, keys: Iterable[str]) -> str:
+    """` (did you mean X?)` for the real key nearest a misspelt one, or "" where none is near enough to help."""
+    close = difflib.get_close_matches(key, [k for k in keys if k != key], n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class ForeignFolderError(ConfigError):

@@ -21,6 +21,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR, instantiate
 from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
@@ -253,8 +254,11 @@ def evaluate_widths(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report(run, cfg)
+
+
+main = entry("evaluate", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

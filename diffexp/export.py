@@ -20,6 +20,7 @@ import hydra
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from omegaconf import DictConfig
 
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR
 from diffexp.errors import ConfigError, report
 from diffexp.files import AtomicFolder
@@ -226,8 +227,11 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report(run, cfg)
+
+
+main = entry("export", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

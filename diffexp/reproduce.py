@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR, remove_new_folder
 from diffexp.errors import ConfigError, report
 from diffexp.files import atomic_write_text
@@ -122,7 +123,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="reproduce")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report(run_or_tidy, cfg)
 
 
@@ -133,6 +134,9 @@ def run_or_tidy(cfg: DictConfig) -> dict:
     except ConfigError:
         remove_new_folder(Path(HydraConfig.get().runtime.output_dir))
         raise
+
+
+main = entry("reproduce", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

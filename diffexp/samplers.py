@@ -25,6 +25,7 @@ from diffexp.denoise import x0_from_output
 from diffexp.errors import ConfigError
 from diffexp.flow import is_flow_scheduler
 from diffexp.flow_samplers import FLOW_SCHEDULERS, check_sampler_family, flow_settings, flow_x0, set_grid
+from diffexp.terminal import bars_wanted
 
 # Pixel-space images live in [-1, 1]: DDPM and DDIM clip their x_0 estimate to it (clip_sample), DPM-Solver++ and
 # UniPC threshold it. Without that, the first steps of a cosine schedule (t=999: sigma ~ 2e4) blow up in float32.
@@ -100,7 +101,10 @@ def sample(
     x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatch schedulers have none: x_1 is the noise
     scale = getattr(scheduler, "scale_model_input", None)
     for t in tqdm(
-        scheduler.timesteps, desc=f"sampling ({type(scheduler).__name__})", disable=not progress, leave=False
+        scheduler.timesteps,
+        desc=f"sampling ({type(scheduler).__name__})",
+        disable=not (progress and bars_wanted()),  # a pipe or a log file gets no bar (as training)
+        leave=False,
     ):
         model_input = scale(x, t) if scale else x  # Euler: x / sqrt(sigma^2 + 1), the x_t of the DDPM maths
         model_output = unet(model_input, t).sample

@@ -9,18 +9,22 @@ rejects `"abc"` for an int), so a typo in an override is named with the fix inst
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from diffexp.config import flatten
 from diffexp.diffusion import check_lr_schedule
 from diffexp.ema import check_sigma_rel
-from diffexp.errors import ConfigError
+from diffexp.errors import ConfigError, nearest
 from diffexp.flow import check_family
 from diffexp.posthoc import check_posthoc
+from diffexp.recipe_rules import check_agreement, check_trainer
 from diffexp.runtime import check_threads, on_gpu
 from diffexp.search import trial_keys
 
@@ -156,6 +160,25 @@ class Speed:
 
 
 @dataclass
+class Trainer:
+    """The trainer group's keys; any other Lightning Trainer argument may be added with `+trainer.KEY=...`."""
+
+    _target_: str
+    accelerator: str
+    devices: Any  # a count, a list of device indices, or "auto"
+    max_steps: int
+    max_epochs: int
+    precision: Any  # 32, "bf16-mixed", ... (checked in `check`)
+    log_every_n_steps: int
+    deterministic: bool
+    benchmark: bool
+    enable_model_summary: bool
+    num_sanity_val_steps: int
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+
+@dataclass
 class Optuna:
     storage: Optional[str] = None
     study: Optional[str] = None
@@ -171,7 +194,7 @@ class Train:
     sampler: Sampler
     eval: Eval
     logger: Any
-    trainer: Any
+    trainer: Trainer
     seed: int
     threads: Any  # auto or a whole number >= 1 (runtime.check_threads)
     resume: Optional[str]
@@ -189,15 +212,49 @@ class Train:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks every key's type against the schema; raises ConfigError naming the key and what it takes."""
+    """Checks every key's type against the schema; raises ConfigError naming the key and what it takes (for a key
+    that does not exist, the nearest one that does)."""
+    if "gradient_clip_val" in (cfg.get("trainer") or {}):
+        raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
     try:
-        OmegaConf.merge(OmegaConf.structured(Train), cfg)
+        OmegaConf.merge(OmegaConf.structured(Train), _typed_part(cfg))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         reason = str(e).splitlines()[0]
         if "Key" in type(e).__name__ or "not in struct" in reason:
-            raise ConfigError(f"{key}: no such setting ({reason}); see `diffexp-train --cfg job` for the keys") from e
+            raise ConfigError(f"{key}: no such setting{nearest_key(key, cfg)}; see `diffexp-train --cfg job`") from e
         raise ConfigError(f"{key}: {reason}; give a value of the right type") from e
+
+
+def _typed_part(cfg: DictConfig) -> DictConfig:
+    """`cfg` without the Lightning Trainer arguments the trainer schema leaves out (`+trainer.accumulate_grad_batches`
+    is Lightning's to check)."""
+    extra = [k for k in cfg.get("trainer") or {} if k not in Trainer.__dataclass_fields__ and k in _lightning_args()]
+    if not extra:
+        return cfg
+    typed = cfg.copy()
+    with open_dict(typed):
+        for key in extra:
+            del typed.trainer[key]
+    return typed
+
+
+def _lightning_args() -> set[str]:
+    return set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+
+
+def nearest_key(key: str, cfg: DictConfig) -> str:
+    """` (did you mean X?)`: the real key nearest a misspelt one, among the recipe's and the schema's keys."""
+    keys = set(flatten(OmegaConf.to_container(cfg, resolve=False)))
+    return nearest(key, keys | set(flatten(OmegaConf.to_container(OmegaConf.structured(Train)))))
+
+
+def check_recipe(cfg: DictConfig, overrides: list[str] = ()) -> None:
+    """Every check a train recipe gets before any work: types, settings the command line gave twice (`overrides`,
+    the command's own: empty for a saved recipe), and the cross-field checks."""
+    validate(cfg)
+    check_agreement(cfg, list(overrides))
+    check(cfg)
 
 
 MONITORS = {"fid", "kid", "precision", "recall", "top_prob"}  # top_prob: classifier feature nets (digits) only
@@ -245,8 +302,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("optuna.trial is set without optuna.storage and optuna.study: the sweeper sets all three")
     if keys and not (cfg.eval.net and cfg.eval.monitor):
         raise ConfigError("optuna.trial: a trial reports eval.monitor; use an eval net (eval=digits) with a monitor")
-    if "gradient_clip_val" in cfg.trainer:
-        raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
+    if cfg.optim.grad_clip is not None and not cfg.optim.grad_clip > 0:
+        raise ConfigError(f"optim.grad_clip={cfg.optim.grad_clip}: clip at a norm > 0 (e.g. 1.0), or null")
     if cfg.ema and not cfg.ema.get("_target_"):  # e.g. ema=none +ema.sigma_rel=0.1
         raise ConfigError(f"ema={dict(cfg.ema)}: not an EMA; choose an option of the group, ema=power or ema=none")
     if cfg.ema and "sigma_rel" in cfg.ema:
@@ -274,6 +331,7 @@ def check(cfg: DictConfig) -> None:
         )
     if cfg.logger and "TensorBoard" in cfg.logger._target_ and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard, or logger=csv")
+    check_trainer(cfg.trainer)
     gpu_only = str(cfg.trainer.precision) in ("16-mixed", "16", "16-true")
     if gpu_only and not on_gpu(cfg):
         raise ConfigError(
@@ -283,3 +341,4 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible: use trainer=default"
         )
+

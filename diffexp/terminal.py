@@ -72,14 +72,12 @@ class RunProgress(pl.callbacks.ProgressBar):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        from tqdm.asyncio import tqdm as plain_async
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
-        from tqdm.std import tqdm as plain
 
         self.per_step = self.batch_size * trainer.world_size
         self.start, self.first = time.perf_counter(), trainer.global_step
-        if not _terminal() and tqdm in (plain, plain_async):  # a log file (SLURM, nohup, CI): the lines alone, no bar
+        if not bars_wanted():  # a log file (SLURM, nohup, CI): the lines alone, no bar
             self.bar = _Counter(trainer.global_step)
             return
         self.bar = tqdm(
@@ -87,7 +85,8 @@ class RunProgress(pl.callbacks.ProgressBar):
             initial=trainer.global_step,
             desc="train",
             unit="step",
-            dynamic_ncols=True,
+            dynamic_ncols=bar_columns() is None,  # follow the window's width, where it reports one
+            ncols=bar_columns(),
             mininterval=self.refresh,
             smoothing=0.05,
             file=sys.stderr,
@@ -152,12 +151,31 @@ class _Counter:
         pass
 
 
-def _terminal() -> bool:
+def bars_wanted() -> bool:
+    """Progress bars go to a terminal or a notebook (tqdm.auto's widget), never into a pipe or a log file."""
+    from tqdm.asyncio import tqdm as plain_async
+    from tqdm.auto import tqdm
+    from tqdm.std import tqdm as plain
+
+    return stderr_is_terminal() or tqdm not in (plain, plain_async)
+
+
+def stderr_is_terminal() -> bool:
     """Whether stderr is a terminal: asked of the file descriptor, since W&B wraps `sys.stderr` to record it."""
     try:
         return os.isatty(sys.__stderr__.fileno())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def bar_columns(fd: int | None = None) -> int | None:
+    """None where the terminal reports its width (the bar follows it); 80 where it reports 0 columns (a pty
+    nobody sized, some CI and container consoles), where a bar sized by it would be empty."""
+    try:
+        columns = os.get_terminal_size(sys.__stderr__.fileno() if fd is None else fd).columns
+    except (AttributeError, OSError, ValueError):
+        return 80
+    return None if columns > 0 else 80
 
 
 def _clock(seconds: float) -> str:

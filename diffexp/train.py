@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import diffexp.config  # noqa: F401  (registers the resolvers the YAML uses)
 from diffexp.callbacks import Evaluate, LossHistory, run_callbacks
+from diffexp.cli import entry
 from diffexp.config import CONF_DIR, flatten, instantiate, remove_new_folder
 from diffexp.denoise import reference_images
 from diffexp.diffusion import DiffusionModule
@@ -40,7 +41,7 @@ from diffexp.record import RunRecord, process_identity
 from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
 from diffexp.runtime import Speed, launcher_jobs, rank, set_threads
 from diffexp.samplers import Sampler
-from diffexp.schema import check, validate
+from diffexp.schema import check_recipe
 from diffexp.search import trial_keys
 from diffexp.terminal import quiet
 
@@ -86,8 +87,7 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
             return done
         resuming = True
     check_own_folder(run_dir, resuming)
-    validate(cfg)
-    check(cfg)
+    check_recipe(cfg, [] if resuming else list(hydra_cfg.overrides.task))
     if choices is None:
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     training = build(cfg, run_dir, choices, resuming, stop)
@@ -102,7 +102,6 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
     anything is written."""
     verbose = bool(cfg.get("verbose"))  # recipes saved before the key have none
     quiet(verbose)
-    log.info("run folder: %s", run_dir)
     threads = set_threads(cfg.threads, launcher_jobs(HydraConfig.get()))
     pl.seed_everything(cfg.seed, workers=True, verbose=verbose)
     speed = Speed.of(cfg)
@@ -116,6 +115,7 @@ def build(cfg: DictConfig, run_dir: Path, choices: dict, resuming: bool, stop=No
         heldout = resumed_fingerprint(recorded, heldout, bool(cfg.get("allow_changed_data")), run_dir)
     sampler = instantiate(cfg.sampler)  # so does a bad sampler
     evaluate = _evaluation(cfg, datamodule, sampler, run_dir)  # and a bad eval setting
+    log.info("run folder: %s", run_dir)  # after the refusals above: a refused run never names a folder it removes
     config = OmegaConf.to_container(cfg, resolve=True) | {"choices": choices}
     module = _module(cfg, speed, config)
     parameters = sum(p.numel() for p in module.unet.parameters())
@@ -333,10 +333,13 @@ def run_or_tidy(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     return report(run_or_tidy, cfg, multirun, partial(_record_failure, Path(hydra_cfg.runtime.output_dir), multirun))
+
+
+main = entry("train", hydra_main)  # the console script: the command line checked first (diffexp.cli)
 
 
 if __name__ == "__main__":

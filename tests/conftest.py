@@ -25,9 +25,12 @@ from helpers import TINY, compose_train  # noqa: E402
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    """A function: extra overrides -> a composed tiny train config with its own run folder."""
+    """A function: extra overrides -> a composed tiny train config with its own run folder. With a budget in images
+    TINY's `trainer.max_steps` is left out: the budget decides the steps, and both given are refused."""
 
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
-        return compose_train([*TINY, "logger=csv", *overrides], run_dir or tmp_path / "run")
+        budget = any(o.startswith("budget.images=") for o in overrides)
+        tiny = [o for o in TINY if not (budget and o.startswith("trainer.max_steps"))]
+        return compose_train([*tiny, "logger=csv", *overrides], run_dir or tmp_path / "run")
 
     return make

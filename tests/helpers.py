@@ -104,6 +104,7 @@ def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> 
 
 # Sweeps.
 QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
+BUDGETED = [o for o in QUICK if not o.startswith("trainer.max_steps")]  # a budget decides the steps: not both
 
 
 def jobs(sweep: Path) -> dict[str, dict]:
@@ -111,7 +112,7 @@ def jobs(sweep: Path) -> dict[str, dict]:
 
 
 OPTUNA = [
-    *QUICK,
+    *BUDGETED,
     "eval=digits",
     "data.resolution=16",
     "budget.images=64",

@@ -79,6 +79,8 @@ def test_card_metadata_and_its_snippet_reproduce_diffexp_sample(trained, tmp_pat
     # The snippet samples as the figures did (DPM-Solver++ at 2 steps); diffexp-sample draws the same images.
     snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
     assert f"from_pretrained({str(out.resolve())!r})" in snippet and "DPMSolverMultistepScheduler" in snippet
+    assert "'beta_schedule': 'linear'" not in snippet  # a cosine run: its trained betas decide
+    assert "(s)" not in card.text and "16 px,\n1 channel)" in card.text and "from each of 2 sampling seeds" in card.text
     torch.set_num_threads(1)
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102 - the card's own code, as a reader would run it

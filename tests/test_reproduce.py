@@ -94,7 +94,7 @@ def test_a_run_saved_with_the_old_ema_and_warmup_keys_refuses_reproduce_and_resu
 
 
 def test_a_budget_run_reproduces_bit_for_bit(tiny_cfg, tmp_path):
-    train(tiny_cfg("budget.images=80", "trainer.max_steps=1500"))  # 5 steps of 16 images
+    train(tiny_cfg("budget.images=80"))  # 5 steps of 16 images, where trainer=debug says 6
     original = tmp_path / "run"
     assert OmegaConf.load(original / ".hydra" / "config.yaml").trainer.max_steps == 5
     result = reproduce(compose_train([f"run={original}"], tmp_path / "again", name="reproduce"))
@@ -105,7 +105,7 @@ def test_a_pruned_trial_reproduces_its_steps_on_the_full_budget_schedule(tiny_cf
     from diffexp.search import StopAt
 
     # Stopped after 3 of its 6 steps, at a batch's end, as the study's pruner stops a trial (search.TrialReport).
-    train(tiny_cfg("budget.images=96", "trainer.max_steps=1500"), stop=StopAt(3, 48))
+    train(tiny_cfg("budget.images=96"), stop=StopAt(3, 48))
     original = tmp_path / "run"
     record = json.loads((original / "metrics.json").read_text())
     assert record["status"] == "pruned" and record["steps"] == 3 and record["images_seen"] == 48

@@ -232,7 +232,7 @@ def test_recorded_lr_is_the_one_each_step_used(tiny_cfg, tmp_path):
 
 
 def test_a_budget_writes_its_steps_into_the_saved_config_and_the_card(tiny_cfg, tmp_path):
-    run(tiny_cfg("budget.images=48"))  # 3 steps of 16 images, where trainer.max_steps says 4
+    run(tiny_cfg("budget.images=48"))  # 3 steps of 16 images, where trainer=debug says 6
     folder = tmp_path / "run"
     saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
     assert saved.trainer.max_steps == 3 and saved.budget.images == 48
