@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffexp.config import flatten
 from diffexp.errors import ConfigError, nearest
 from diffexp.recipe_rules import given
+from diffexp.runtime import check_threads
 from diffexp.schema import Eval, Sampler
 
 
@@ -29,21 +30,22 @@ class Sample:
     singles: bool = False
     trajectory: bool = False
     device: str = "auto"
-    threads: Optional[int] = None
+    threads: Any = "auto"  # auto or a whole number >= 1 (diffexp.runtime.check_threads)
 
 
 @dataclass
 class Evaluate:
     run: str
     eval: Eval
-    samplers: list[str] = field(default_factory=list)
+    samplers: Optional[list[str]] = None  # null: every sampler of the run's family (diffexp.frontier)
     steps: list[int] = field(default_factory=list)
     ddpm_steps: list[int] = field(default_factory=list)
     n: Optional[int] = None
     seed: int = 0
     device: str = "auto"
-    threads: Optional[int] = None
+    threads: Any = "auto"  # auto or a whole number >= 1 (diffexp.runtime.check_threads)
     ema_sigma_rel: list[float] = field(default_factory=list)
+    allow_changed_data: bool = False  # score a run whose held-out set changed (every figure marked)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Compare:
 @dataclass
 class Reproduce:
     run: str
-    threads: Optional[int] = None
+    threads: Any = "auto"  # auto or a whole number >= 1 (diffexp.runtime.check_threads)
 
 
 @dataclass
@@ -93,6 +95,8 @@ def validate_command(command: str, cfg: DictConfig) -> None:
 def check_command(command: str, cfg: DictConfig, overrides: list[str]) -> None:
     """The checks of a command other than train: types, and settings the command line gave twice."""
     validate_command(command, cfg)
+    if "threads" in cfg:  # auto, a count, or (reproduce) null for the recorded count
+        check_threads(cfg.threads)
     typed = given(overrides)
     if command == "evaluate" and "n" in typed and "eval.n_samples" in typed and cfg.n != cfg.eval.n_samples:
         raise ConfigError(f"n={cfg.n} but eval.n_samples={cfg.eval.n_samples}: drop eval.n_samples (n decides)")

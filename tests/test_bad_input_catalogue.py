@@ -240,7 +240,7 @@ BEFORE_HYDRA = {
         ["sweep=x", "+metrik=fid"],
         "metrik: no such setting (did you mean metric?)",
     ),
-    "reproduce_threads_a_word": ("reproduce", ["run=x", "threads=all"], "threads: Value 'all'"),
+    "reproduce_threads_a_word": ("reproduce", ["run=x", "threads=all"], "threads=all: use auto"),
     # grid sweeps, on each launcher: the bad job named, nothing trained
     "sweep_bad_job": (
         "train",
