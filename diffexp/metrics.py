@@ -241,6 +241,29 @@ def memorisation_threshold(heldout_dist: Tensor, factor: float = MEMORISED_FACTO
     return factor * float(heldout_dist.double().median())
 
 
+def _seed_figures(real: Tensor, fake: Tensor, reference: tuple, k: int, g: torch.Generator, boots: int, fd: bool):
+    """One sampling seed's FD, precision and recall, their bootstrap resamples (KID's too: the samples resampled
+    with `g`, the reference's weights shared), and its KID on the full sets. `reference`: the held-out kernel, its
+    k-NN radii and bootstrap weights."""
+    k_rr, real_radii, w_r = reference
+    n, m = len(fake), len(real)
+    inside = torch.cat([(torch.cdist(c, real) <= real_radii).any(1) for c in fake.split(1024)]).double()
+    covered = torch.cat([(torch.cdist(c, fake) <= _knn_radii(fake, k, 1024)).any(1) for c in real.split(1024)]).double()
+    figures = {"precision": float(inside.mean()), "recall": float(covered.mean())}
+    if fd:
+        figures["fid"] = fid(real, fake)
+    w_f = _counts(n, boots, g)
+    k_ff, k_fr = _kernel(fake, fake), _kernel(fake, real)
+    ones_f, ones_r = torch.ones(1, n, dtype=torch.float64), torch.ones(1, m, dtype=torch.float64)
+    full_kid = float(_mmd_resampled(k_ff, k_rr, k_fr, ones_f, ones_r)[0])
+    resampled = {
+        "kid": _mmd_resampled(k_ff, k_rr, k_fr, w_f, w_r),
+        "precision": _weighted_mean(inside, w_f),
+        "recall": _weighted_mean(covered, w_r),
+    }
+    return figures, resampled, full_kid
+
+
 def score(
     real_feats: Tensor,
     fake_feats: Tensor | list[Tensor],
@@ -285,25 +308,13 @@ def score(
     boot = {"kid": [], "precision": [], "recall": []}
     full_kid = []
     for fake in fakes:
-        n = len(fake)
-        if fd:
-            per_seed["fid"].append(fid(real, fake))
-        kid_mean, kid_std = kid(real, fake, kid_subset_size, kid_subsets, seed)
-        per_seed["kid"].append(kid_mean)
-        per_seed["kid_std"].append(kid_std)
-        inside = torch.cat([(torch.cdist(c, real) <= real_radii).any(1) for c in fake.split(1024)]).double()
-        covered = torch.cat(
-            [(torch.cdist(c, fake) <= _knn_radii(fake, k, 1024)).any(1) for c in real.split(1024)]
-        ).double()
-        per_seed["precision"].append(float(inside.mean()))
-        per_seed["recall"].append(float(covered.mean()))
-        w_f = _counts(n, boots, g)
-        k_ff, k_fr = _kernel(fake, fake), _kernel(fake, real)
-        ones_f, ones_r = torch.ones(1, n, dtype=torch.float64), torch.ones(1, m, dtype=torch.float64)
-        full_kid.append(float(_mmd_resampled(k_ff, k_rr, k_fr, ones_f, ones_r)[0]))
-        boot["kid"].append(_mmd_resampled(k_ff, k_rr, k_fr, w_f, w_r))
-        boot["precision"].append(_weighted_mean(inside, w_f))
-        boot["recall"].append(_weighted_mean(covered, w_r))
+        figures, boots_of, full = _seed_figures(real, fake, (k_rr, real_radii, w_r), k, g, boots, fd)
+        figures["kid"], figures["kid_std"] = kid(real, fake, kid_subset_size, kid_subsets, seed)
+        for name, value in figures.items():
+            per_seed[name].append(value)
+        for name, value in boots_of.items():
+            boot[name].append(value)
+        full_kid.append(full)
     interval = mean_interval(per_seed["fid"]) if fd else None  # None with one seed: one figure has no spread
     out = {
         "fid": statistics.fmean(per_seed["fid"]) if fd else None,
