@@ -169,13 +169,21 @@ def plot(results: dict, path: Path) -> None:
             pts = [p for p in r["incumbents"] if p["fid"] is not None]
             style = "-" if arm == "pruning" else "--"
             ax.step(
-                [p["minutes"] for p in pts], [p["fid"] for p in pts], style, where="post", color=f"C{i}",
-                marker="o", label=f"TPE seed {seed}, {arm}",
+                [p["minutes"] for p in pts],
+                [p["fid"] for p in pts],
+                style,
+                where="post",
+                color=f"C{i}",
+                marker="o",
+                label=f"TPE seed {seed}, {arm}",
             )
             ax.errorbar(
-                [p["minutes"] for p in pts], [p["fid"] for p in pts],
+                [p["minutes"] for p in pts],
+                [p["fid"] for p in pts],
                 yerr=[[p["fid"] - p["lo"] for p in pts], [p["hi"] - p["fid"] for p in pts]],
-                fmt="none", color=f"C{i}", alpha=0.4,
+                fmt="none",
+                color=f"C{i}",
+                alpha=0.4,
             )
     ax.set_xlabel("minutes of search (one worker, one core)")
     ax.set_ylabel("FID of the best trial so far, re-scored (95% CI)")

@@ -26,7 +26,7 @@ def composition_error(error: Exception, compose: Callable[[list[str]], DictConfi
         return None
     key = getattr(error.__cause__, "full_key", None)
     if key and "Could not override" in str(error):
-        kept = [o for o in overrides if not f'{o.split("=", 1)[0].lstrip("+~")}.'.startswith(f"{key}.")]
+        kept = [o for o in overrides if not f"{o.split('=', 1)[0].lstrip('+~')}.".startswith(f"{key}.")]
         try:
             hint = nearest(key, _keys(compose(kept)))
         except Exception:  # another mistake among the rest: the key alone is named

@@ -68,5 +68,3 @@ def snr(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at the given timesteps."""
     a = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     return a / (1 - a).clamp(min=1e-12)
-
-

@@ -341,4 +341,3 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.accelerator} but no CUDA GPU is visible: use trainer=default"
         )
-

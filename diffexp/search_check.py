@@ -224,7 +224,7 @@ def check_storage(spec: str | None) -> None:
     except (ArgumentError, NoSuchModuleError, ValueError) as e:
         raise ConfigError(f"hydra.sweeper.storage={spec}: not a database URL Optuna can open ({e})") from e
     except ImportError as e:
-        extra = " (pip install -e \".[postgres]\")" if url.get_backend_name() == "postgresql" else ""
+        extra = ' (pip install -e ".[postgres]")' if url.get_backend_name() == "postgresql" else ""
         raise ConfigError(f"hydra.sweeper.storage={spec}: its driver is not installed: {e.name}{extra}") from e
     if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().parent.is_dir():
         raise ConfigError(f"hydra.sweeper.storage={spec}: the database's folder does not exist; create it first")

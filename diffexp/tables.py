@@ -31,9 +31,7 @@ def within_noise(name: str, ci: list[float] | None, floor: float | None) -> bool
     return ci is not None and reference is not None and float(ci[0]) <= float(reference) <= float(ci[1])
 
 
-def figure_text(
-    name: str, value: float, ci: list[float] | None, floor: float | None = None, mark: bool = True
-) -> str:
+def figure_text(name: str, value: float, ci: list[float] | None, floor: float | None = None, mark: bool = True) -> str:
     """`0.42 [-0.1, 0.9] (within noise)`: a figure in its shown units (KID x10^3), its interval, the noise mark."""
     scale = SCALE.get(name, 1.0)
     shown = with_interval(float(value) * scale, [float(c) * scale for c in ci] if ci is not None else None)

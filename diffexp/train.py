@@ -206,8 +206,7 @@ def record(t: Training) -> float:
     pruned = t.trial is not None and t.trial.pruned_at is not None
     summary = {
         "status": "failed" if losses.failure else "pruned" if pruned else "finished",
-        "reason": losses.failure
-        or (f"pruned by the study's pruner at {t.trial.pruned_at} images" if pruned else None),
+        "reason": losses.failure or (f"pruned by the study's pruner at {t.trial.pruned_at} images" if pruned else None),
         "steps": trainer.global_step,
         "final_loss": sum(values[-50:]) / max(1, len(values[-50:])) if values else None,
         "images_seen": trainer.global_step * cfg.data.batch_size * trainer.world_size,

@@ -133,9 +133,7 @@ def test_butterflies_train_with_dinov2_and_denoising_error_into_metrics_wandb_ca
     assert scored["sampler"] == "ddim" and not scored["fid"] and math.isfinite(float(scored["kid_x1e3"]))
 
 
-def crafted(
-    folder: Path, target: str, schedule: str, loss: float, denoise: float | None = None, seed: int = 0
-) -> Path:
+def crafted(folder: Path, target: str, schedule: str, loss: float, denoise: float | None = None, seed: int = 0) -> Path:
     """A finished run folder written by hand: its schedule, target, final loss, and (optionally) denoising error and
     a digits FID that orders the runs as the denoising error does, but for the last two. Runs of one recipe need
     distinct seeds: the report counts a recipe's seed once."""

@@ -33,7 +33,7 @@ def probe(sigma_rel: float | None, steps: int) -> tuple[float, float]:
         t2.fill_(step**2)
         if ema is not None:
             ema.step([t, t2])
-    first, second = (ema.shadow_params if ema is not None else (t, t2))
+    first, second = ema.shadow_params if ema is not None else (t, t2)
     mean = float(first)
     return mean, math.sqrt(max(0.0, float(second) - mean**2))
 

@@ -79,4 +79,3 @@ def test_a_killed_run_reads_as_stopped_with_a_reason_and_a_live_one_as_running(t
         os.utime(tmp_path / name / "metrics.json", (past, past))
         row = run_row(tmp_path / name)
         assert row["status"] == "failed" and "no file in its folder changed for" in row["reason"]
-

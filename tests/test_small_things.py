@@ -78,4 +78,3 @@ def test_accelerate_is_declared_for_loading_pipelines():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("accelerate") for d in deps)
     assert all(not d.startswith(("torchvision", "torch-fidelity")) for d in deps)
-

@@ -128,9 +128,22 @@ def test_two_workers_fill_one_journal_file_study(tmp_path):
 
 @pytest.mark.slow
 def test_two_by_two_grid_in_parallel_gives_four_wandb_runs_and_a_report(tmp_path):
-    args = ["-m", *TINY, "logger=wandb", "preview.every_n_steps=0", "eval=digits", "data.resolution=16",
-            "eval.n_samples=65", "eval.reference_size=100", "eval.sampler_steps=2", "model=tiny,small",
-            "optim.optimizer.lr=1e-3,3e-3", "sweep_name=grid", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    args = [
+        "-m",
+        *TINY,
+        "logger=wandb",
+        "preview.every_n_steps=0",
+        "eval=digits",
+        "data.resolution=16",
+        "eval.n_samples=65",
+        "eval.reference_size=100",
+        "eval.sampler_steps=2",
+        "model=tiny,small",
+        "optim.optimizer.lr=1e-3,3e-3",
+        "sweep_name=grid",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
     out = diffexp("train", *args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "multirun" / "grid"

@@ -26,8 +26,10 @@ def earlier_search(folder, values, direction="minimize", name=None):
         study.add_trial(
             optuna.trial.create_trial(
                 params={"optim.optimizer.lr": lr, "data.batch_size": batch},
-                distributions={"optim.optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True),
-                               "data.batch_size": CategoricalDistribution([16, 32, 64])},  # fmt: skip
+                distributions={
+                    "optim.optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True),
+                    "data.batch_size": CategoricalDistribution([16, 32, 64]),
+                },  # fmt: skip
                 value=value,
             )
         )

@@ -142,8 +142,11 @@ def best_markdown(best: list[dict], rows: list[dict], used: str, notes: list[str
             "",
             f"- recipe: `{b['recipe']}`",
             f"- {used}: {spread(b)}; seeds {b['seed_list']}; runs {b['runs']}",
-            *([f"- behind each seed's figure: {b['samples']} samples (sampling seeds x per seed); {b['basis']}"]
-              if b["samples"] else []),
+            *(
+                [f"- behind each seed's figure: {b['samples']} samples (sampling seeds x per seed); {b['basis']}"]
+                if b["samples"]
+                else []
+            ),
             f"- verdict: {b['verdict']}"
             + (f"; worse: {sum(r['verdict'] == 'worse' for r in rivals)} of {len(rivals)}" if rivals else ""),
             *([f"- ties with: {'; '.join(ties)}"] if ties else []),
