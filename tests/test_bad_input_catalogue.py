@@ -310,8 +310,21 @@ BEFORE_HYDRA = {
     "dinov2_n_samples_a_word": ("train", ["eval=dinov2", "eval.n_samples=many"], "eval.n_samples"),
     "dinov2_monitor_top_prob": ("train", ["eval=dinov2", "eval.monitor=top_prob"], "eval.monitor=top_prob"),
     "eval_every_n_images_negative": ("train", ["eval.every_n_images=-5"], "eval.every_n_images=-5"),
+    # flow matching
+    "flow_with_a_ddpm_sampler": ("train", ["schedule=flow", "sampler=ddim"], "sampler=ddim samples DDPM models"),
+    "flow_with_a_ddpm_judge": ("train", ["schedule=flow", "eval.sampler=dpm_solver"], "eval.sampler=dpm_solver"),
+    "ddpm_with_a_flow_sampler": ("train", ["sampler=flow_euler"], "sampler=flow_euler samples flow models"),
+    "flow_with_min_snr": ("train", ["schedule=flow", "loss.snr_gamma=5"], "loss.snr_gamma=5 with schedule=flow"),
+    "flow_shift_zero": ("train", ["schedule=flow", "schedule.shift=0"], "schedule.shift=0: the timestep shift"),
+    "flow_logit_std_negative": ("train", ["schedule=flow", "schedule.logit_std=-1"], "schedule.logit_std=-1"),
+    "flow_weighting_unknown": (
+        "train",
+        ["schedule=flow", "schedule.weighting_scheme=sd3"],
+        "schedule.weighting_scheme",
+    ),
+    "flow_with_epsilon": ("train", ["schedule=flow", "schedule.prediction_type=epsilon"], "a flow model predicts"),
+    "sample_flow_sampler_misspelt": ("sample", ["run=x", "sampler=flow_eular"], "sampler=flow_eular: no such option"),
 }
-# Flow matching (schedule=flow, flow samplers) is not merged yet: its refusals join this table when it is.
 
 # Settings that look alike but are no mistake: nothing refused.
 ACCEPTED = {
