@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffexp.features import load_feature_net
+
 BUDGET = {"tiny": 96000, "small": 48000, "base": 16000}  # the showcase's images seen per size (sweeps/optuna_*.yaml)
 COMMON = ["logger=csv", "eval.every_n_steps=0", "preview.every_n_steps=0", "threads=2"]
 JUDGES = ["dpm_solver_sde", "dpm_solver", "unipc", "ddim"]  # at 25 and 50 steps; DDPM at 1000 is the reference
@@ -112,6 +114,9 @@ def main() -> None:
     parser.add_argument("--judge-ddpm", type=int, default=1000, help="the reference's DDPM steps (tests: fewer)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every training run, e.g. trainer=gpu")
     a = parser.parse_args()
+    width = load_feature_net("digits", channels=1, resolution=16).num_features  # the judge's feature net
+    if a.judge_n <= width:  # at or below it the judge's FID would be refused (diffexp.metrics.fd_refusal)
+        parser.error(f"--judge-n={a.judge_n}: the digits net's FID needs more than {width} samples")
     out, only = a.out.resolve(), a.only.split(",")
     out.mkdir(parents=True, exist_ok=True)
     seed0 = {name: o for size in a.sizes for name, o in recipes(size, 0).items()}

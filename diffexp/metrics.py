@@ -33,27 +33,6 @@ BOOTSTRAP = 200  # resamples behind each bootstrap interval
 MEMORISED_FACTOR = 0.5  # a sample is a copy when nearer a training image than this share of held-out images' median
 
 
-def check_sample_count(n: int, num_features: int, net: str = "", setting: str = "eval.n_samples") -> None:
-    """Fails fast, before any sampling, where a setting's sample count leaves FD uncomputable (`fd_refusal`'s rule).
-
-    With no more samples than feature dimensions the covariance is rank-deficient and FID is dominated by
-    that bias, so figures from different sample counts could not be compared: FD needs strictly more.
-
-    Args:
-        n: samples per evaluation (`eval.n_samples`).
-        num_features: the feature net's dimension.
-        net: the feature net's name, for the message.
-        setting: the setting that gave `n` (`diffexp-evaluate`'s `n=` takes precedence over `eval.n_samples`).
-    """
-    least = max(2, num_features + 1)
-    if n < least:
-        which = f"eval={net}" if net else "the feature net"
-        raise ConfigError(
-            f"{setting}={n} is not above {num_features}, the feature dimension of {which}: "
-            f"a FID over so few samples is singular or mostly bias; set {setting}>={least}"
-        )
-
-
 def fd_refusal(n_real: int, n_fake: int, num_features: int, net: str) -> str | None:
     """Why the Frechet distance is refused, or None: it needs more images than feature dimensions on both sides
     (below that the covariance is singular and the figure is mostly bias); KID, unbiased at any count, ranks then."""
@@ -82,8 +61,8 @@ def _gaussian(x: Tensor) -> tuple[Tensor, Tensor]:
 def fid(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussian fits of two feature sets (the FID formula, as torchmetrics computes it).
 
-    Needs at least 2 samples per set; below the feature dimension it is biased upwards (see
-    `check_sample_count`), so compare FIDs only at equal sample counts.
+    Needs at least 2 samples per set; at or below the feature dimension it is singular or mostly bias (callers
+    leave it out there: `fd_refusal`), so compare FIDs only at equal sample counts.
 
     Args:
         real: reference features `[N, D]`.

@@ -48,11 +48,11 @@ def test_recipe_table_trains_each_recipe_once_and_reports(tmp_path):
     assert again.returncode == 0 and "diffexp.train" not in again.stdout, again.stdout  # all done: nothing rerun
 
     # the judge step: each seed-0 run by a fast sampler and by DDPM (few samples and steps here), one table
-    judge = [*args, "judge", "--judges", "ddim", "--judge-steps", "2", "--judge-n", "64", "--judge-ddpm", "4"]
+    judge = [*args, "judge", "--judges", "ddim", "--judge-steps", "2", "--judge-n", "65", "--judge-ddpm", "4"]
     judged = subprocess.run(judge, env=ENV, capture_output=True, text=True, timeout=600)
     assert judged.returncode == 0 and "failed" not in judged.stdout, judged.stdout + judged.stderr[-3000:]
     table = (tmp_path / "judge.md").read_text()
-    assert "64 samples" in table and "| recipe | ddim-2 | ddpm-4 |" in table, table
+    assert "65 samples" in table and "| recipe | ddim-2 | ddpm-4 |" in table, table
     for recipe in ("best_base", "bestv_base", "course_base"):
         (row,) = [line for line in table.splitlines() if line.startswith(f"| {recipe} |")]
         assert "nan" not in row and all(float(c) > 0 for c in row.strip("|").split("|")[1:]), row

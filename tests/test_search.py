@@ -101,10 +101,11 @@ def test_while_one_trial_is_slow_the_other_worker_starts_two_and_each_job_runs_o
     sweep = tmp_path / "multirun" / "optuna_tiny"
     sweep.mkdir(parents=True)
     s = optuna.create_study(storage=f"sqlite:///{sweep / 'optuna.db'}", study_name="optuna_tiny")
-    params = {"data.batch_size": 32, "optim.optimizer.lr": 1e-3, "optim.warmup": 0, "ema": "none"}
-    params |= {"schedule.prediction_type": "epsilon"}
-    for images in (4096, 256, 256, 256):  # trial 0 trains 128 steps (~30 s), the others 8 (~4 s each)
-        s.enqueue_trial(params | {"budget.images": images})
+    params = {"data.batch_size": 32, "optim.warmup": 0, "ema": "none", "schedule.prediction_type": "epsilon"}
+    # trial 0 trains 128 steps (~30 s), the others 8 (~4 s each); each its own learning rate, as a repeat of a
+    # COMPLETE trial's parameters takes that trial's result instead of training (test_search_workers.py)
+    for images, lr in ((4096, 1e-3), (256, 1e-3), (256, 2e-3), (256, 3e-3)):
+        s.enqueue_trial(params | {"budget.images": images, "optim.optimizer.lr": lr})
     args = ["budget.images=choice(256, 4096)", "hydra.sweeper.n_trials=4", "checkpoint.every_n_steps=100"]
     workers = [worker(tmp_path, *args) for _ in range(2)]
     finish(workers)

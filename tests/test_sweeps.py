@@ -109,6 +109,7 @@ def test_two_workers_fill_one_journal_file_study(tmp_path):
     import optuna
 
     journal = tmp_path / "shared" / "study.log"  # Optuna's journal file storage: a path instead of a URL
+    journal.parent.mkdir()  # the shared folder exists; the storage check refuses a missing one before any work
     exe = Path(sys.executable).parent / "diffexp-train"
     args = [str(exe), "-m", "sweeps=optuna_tiny", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={journal}"]
     args += OPTUNA

@@ -52,14 +52,6 @@ def search_space(lines: list[str]) -> tuple[list[str], dict[str, Any]]:
     return fixed, space
 
 
-def as_override(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def study_direction(direction: str | None, monitor: str | None) -> str:
     """The study's direction: the monitor's (diffexp.metrics.HIGHER_IS_BETTER; with no monitor the objective is the
     final loss: minimize). An explicit direction against the monitor would search for the worst recipe: refused."""
@@ -265,6 +257,8 @@ class DiffexpOptunaSweeper(Sweeper):
         Only the first seed's job reports to the trial, so the pruner judges that curve and a pruned first seed ends
         the trial; the trial's value is the mean of its seeds' objectives."""
         from optuna.trial import TrialState
+
+        from diffexp.search_check import as_override  # the form the up-front check composed
 
         first = f"trial-{trial.number:04d}"
         folders = [sweep_dir / (first if k == 0 else f"{first}-seed{seed}") for k, seed in enumerate(seeds)]
