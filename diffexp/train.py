@@ -90,6 +90,8 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     check_recipe(cfg, [] if resuming else list(hydra_cfg.overrides.task))
     if choices is None:
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+        if resuming:  # the resume command's own choices are the defaults: the run's are in its record
+            choices = (RunRecord.read(run_dir) or RunRecord()).recipe or choices
     training = build(cfg, run_dir, choices, resuming, stop)
     if not fit(training):
         return None  # DDP's other ranks: rank 0 records

@@ -70,3 +70,29 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     resumed = read_run(folders[-1])
     assert resumed["run"]["id"] == metrics["wandb_id"] == folders[0].name.rsplit("-", 1)[1]
     assert max(h["trainer/global_step"] for h in resumed["history"] if "train/loss" in h) == 59
+
+
+@pytest.mark.slow
+def test_a_flow_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
+    # Flow draws t from the run's generator (logit-normal, SD3's default) as well as the noise: both must resume.
+    recipe = [*TINY, "schedule=flow", "trainer.max_steps=40", "checkpoint.every_n_steps=5", "threads=1"]
+    recipe += ["logger=csv", "preview.every_n_steps=0"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    out = diffexp("train", *recipe, f"hydra.run.dir={straight}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kill_train_once(
+        [*recipe, f"hydra.run.dir={killed}"],
+        tmp_path,
+        ready=lambda: (killed / "checkpoints" / "last.ckpt").exists() and (killed / "losses.csv").exists(),
+    )
+    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < killed_at < 40
+
+    out = diffexp("train", f"resume={killed}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = weights(straight), weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "losses.csv").read_text() == (killed / "losses.csv").read_text()
+    record = json.loads((killed / "metrics.json").read_text())
+    # the record keeps the run's group choices, not the resume command's defaults (schedule=cosine)
+    assert record["status"] == "finished" and record["recipe"]["schedule"] == "flow" and record["steps"] == 40
