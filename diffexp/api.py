@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from diffexp.config import CONF_DIR, new_uid
+from diffexp.config import new_uid
 
 
 def _override(key: str, value: Any) -> str:
@@ -36,26 +36,15 @@ def _overrides(overrides: Iterable[str], settings: dict[str, Any]) -> list[str]:
 
 
 def _run_app(name: str, task: Callable, overrides: list[str], config_dir: str | Path | None = None) -> Any:
-    """Runs `task` as the `diffexp-<name>` command would (Hydra's run mode: output folder, `.hydra/`, job log).
-
-    Hydra 1.3 has no public API for this: `hydra.compose` gives the config alone, and `hydra.core.utils.run_job`
-    (the launchers' API) needs a `HydraContext` whose config loader is built in `hydra._internal`. So this one
-    function uses `hydra._internal.hydra.Hydra`, as Hydra's own `@hydra.main` does.
-    """
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
+    """Runs `task` as the `diffexp-<name>` command would (Hydra's run mode: output folder, `.hydra/`, job log), with
+    the Hydra that `@hydra.main` builds (`diffexp.cli.main_hydra`: Hydra 1.3 has no public API for a run)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from diffexp.cli import check
+    from diffexp.cli import check, main_hydra
 
     new_uid()  # each call its own run folder name, however quickly they follow each other
     check(name, overrides, config_dir)  # as the command's: a mistake is a ConfigError before any folder is made
-    search_path = create_config_search_path(CONF_DIR)
-    if config_dir is not None:  # as `--config-dir`: after the package's conf/
-        search_path.prepend("command-line", f"file://{Path(config_dir).resolve()}", SearchPathQuery(provider="schema"))
-    GlobalHydra.instance().clear()
-    hydra = Hydra.create_main_hydra2(task_name=name, config_search_path=search_path)
+    hydra = main_hydra(name, config_dir)
     try:
         return hydra.run(config_name=name, task_function=task, overrides=overrides).return_value  # re-raises
     finally:

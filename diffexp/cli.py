@@ -93,6 +93,14 @@ def check(
 
 def _loader(command: str, config_dir: str | Path | None):
     """Hydra's config loader with the search path `@hydra.main` gives the command (`--config-dir` first)."""
+    return main_hydra(command, config_dir).config_loader
+
+
+def main_hydra(command: str, config_dir: str | Path | None = None):
+    """Hydra as `@hydra.main` builds it for `diffexp-<command>`, `config_dir` searched first (as `--config-dir`).
+
+    Hydra 1.3 has no public API for this (`hydra.compose` gives a config alone, not the loader or the run that
+    `diffexp.api` needs), so it uses `hydra._internal.hydra.Hydra`, as Hydra's own `@hydra.main` does."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
@@ -105,7 +113,7 @@ def _loader(command: str, config_dir: str | Path | None):
             raise ConfigError(f"--config-dir {config_dir}: no such folder")
         search_path.prepend("command-line", f"file://{folder}", SearchPathQuery(provider="schema"))
     GlobalHydra.instance().clear()
-    return Hydra.create_main_hydra2(task_name=command, config_search_path=search_path).config_loader
+    return Hydra.create_main_hydra2(task_name=command, config_search_path=search_path)
 
 
 def _compose(loader, name: str, overrides: list[str], mode) -> DictConfig:

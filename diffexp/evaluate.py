@@ -121,8 +121,11 @@ def flat_row(figures: dict, floor: dict | None = None) -> dict:
 
 
 def fid_text(figures: dict) -> str:
-    """The FID for a log line; None where FD was refused (fewer images than feature dimensions)."""
-    return "refused" if figures.get("fid") is None else f"{figures['fid']:.3f}"
+    """The FID and its 95% interval for a log line; `refused` where FD was (fewer images than feature dimensions)."""
+    if figures.get("fid") is None:
+        return "refused"
+    ci = figures.get("fid_ci")
+    return f"{figures['fid']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def sample_seeds(unet, scheduler, name: str, steps: int, n: int, cfg: DictConfig, device) -> list[torch.Tensor]:
@@ -169,7 +172,7 @@ def run(cfg: DictConfig) -> Path:
         row = {"sampler": name, "steps": steps, "nfe": nfe(name, steps), **flat_row(figures, floor)}
         row |= {"reference_sampler": is_reference}
         rows.append(row | {"seconds": round(seconds, 2), "images_per_s": round(n * cfg.eval.seeds / seconds, 2)})
-        log.info("%s-%d (%d model calls): fid %s %s", name, steps, row["nfe"], fid_text(figures), figures["fid_ci"])
+        log.info("%s-%d (%d model calls): fid %s", name, steps, row["nfe"], fid_text(figures))
     mark_inside(rows[1:])
     stem = f"{cfg.eval.net}-n{n}-seed{cfg.seed}" + (f"-x{cfg.eval.seeds}" if cfg.eval.seeds > 1 else "")
     path = free_path(Path(cfg.run) / "eval", stem, ".csv")
@@ -231,7 +234,7 @@ def evaluate_widths(cfg: DictConfig) -> Path:
         seconds = round(time.perf_counter() - start, 2)
         row = {"sampler": name, "steps": steps, "nfe": nfe(name, steps), **flat_row(figures, floor)}
         rows.append(row | {"seconds": seconds})
-        log.info("ema_sigma_rel %g: fid %s %s", w, fid_text(figures), figures["fid_ci"])
+        log.info("ema_sigma_rel %g: fid %s", w, fid_text(figures))
     tag = "_".join(f"{float(w):g}" for w in widths)
     stem = f"ema_sigma_rel-{tag}-{name}-{steps}-{cfg.eval.net}-n{n}-seed{cfg.seed}-x{cfg.eval.seeds}"
     path = free_path(run_dir / "eval", stem, ".csv")

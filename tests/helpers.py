@@ -102,6 +102,27 @@ def kill_train_once(args: list[str], cwd: Path, ready, timeout: float = 300) -> 
     proc.wait()
 
 
+def train_straight_and_killed(recipe: list[str], cwd: Path, steps: int, *wait_for: str) -> tuple[Path, Path]:
+    """Trains `recipe` (`steps` steps) into `cwd/straight`, then again into `cwd/killed`, SIGKILLed once its last
+    checkpoint and the `wait_for` files exist there, between step 0 and `steps`; returns both folders."""
+    import torch
+
+    straight, killed = cwd / "straight", cwd / "killed"
+    out = diffexp("train", *recipe, f"hydra.run.dir={straight}", cwd=cwd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    wanted = ["checkpoints/last.ckpt", *wait_for]
+    kill_train_once([*recipe, f"hydra.run.dir={killed}"], cwd, ready=lambda: all((killed / f).exists() for f in wanted))
+    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < killed_at < steps
+    return straight, killed
+
+
+def resume_run(folder: Path, cwd: Path) -> None:
+    """`diffexp-train resume=folder`, which must succeed."""
+    out = diffexp("train", f"resume={folder}", cwd=cwd)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 # Sweeps.
 QUICK = [*TINY, "logger=none", "preview.every_n_steps=0", "threads=1"]
 BUDGETED = [o for o in QUICK if not o.startswith("trainer.max_steps")]  # a budget decides the steps: not both

@@ -127,25 +127,17 @@ def test_training_chooses_a_width_and_evaluate_and_export_score_any_width(tmp_pa
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_snapshots(tmp_path):
-    from helpers import diffexp, kill_train_once
+    from helpers import resume_run, train_straight_and_killed
 
     recipe = [*TINY, "logger=csv", "ema=posthoc", "ema.snapshot_every=48", "trainer.max_steps=60"]
     recipe += ["checkpoint.every_n_steps=10", "preview.every_n_steps=30"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    out = diffexp("train", *recipe, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    kill_train_once(
-        [*recipe, f"hydra.run.dir={killed}"], tmp_path, ready=lambda: (killed / "checkpoints" / "last.ckpt").exists()
-    )
-    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < killed_at < 60
+    straight, killed = train_straight_and_killed(recipe, tmp_path, 60)
     # A snapshot past the checkpoint (as a kill after it leaves one), holding something else: it must be replaced.
     late = killed / "ema" / "step_000057.safetensors"
     shutil.copyfile(straight / "ema" / "step_000003.safetensors", late)
     save_file({k: torch.zeros_like(v) for k, v in load_file(str(late)).items()}, str(late))
 
-    out = diffexp("train", f"resume={killed}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    resume_run(killed, tmp_path)
     a, b = list_snapshots(straight / "ema"), list_snapshots(killed / "ema")
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(3, 61, 3))
     for (_, x), (_, y) in zip(a, b, strict=True):

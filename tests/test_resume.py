@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, diffexp, kill_train_once
+from helpers import TINY, resume_run, train_straight_and_killed
 from wandb_records import read_run
 
 RECIPE = [
@@ -39,22 +39,10 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    out = diffexp("train", *RECIPE, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-
     # Killed once a checkpoint exists, mid-epoch (112 batches an epoch at batch 16) and between checkpoints.
-    kill_train_once(
-        [*RECIPE, f"hydra.run.dir={killed}"],
-        tmp_path,
-        ready=lambda: (killed / "checkpoints" / "last.ckpt").exists() and (killed / "losses.csv").exists(),
-    )
+    straight, killed = train_straight_and_killed(RECIPE, tmp_path, 60, "losses.csv")
     assert json.loads((killed / "metrics.json").read_text())["status"] == "running"
-    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < killed_at < 60
-
-    out = diffexp("train", f"resume={killed}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    resume_run(killed, tmp_path)
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "losses.csv").read_text() == (killed / "losses.csv").read_text()
@@ -77,19 +65,8 @@ def test_a_flow_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
     # Flow draws t from the run's generator (logit-normal, SD3's default) as well as the noise: both must resume.
     recipe = [*TINY, "schedule=flow", "trainer.max_steps=40", "checkpoint.every_n_steps=5", "threads=1"]
     recipe += ["logger=csv", "preview.every_n_steps=0"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    out = diffexp("train", *recipe, f"hydra.run.dir={straight}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    kill_train_once(
-        [*recipe, f"hydra.run.dir={killed}"],
-        tmp_path,
-        ready=lambda: (killed / "checkpoints" / "last.ckpt").exists() and (killed / "losses.csv").exists(),
-    )
-    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < killed_at < 40
-
-    out = diffexp("train", f"resume={killed}", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
+    straight, killed = train_straight_and_killed(recipe, tmp_path, 40, "losses.csv")
+    resume_run(killed, tmp_path)
     a, b = weights(straight), weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "losses.csv").read_text() == (killed / "losses.csv").read_text()

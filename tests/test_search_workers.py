@@ -91,6 +91,7 @@ def test_a_repeat_of_a_complete_trial_takes_its_result_a_retry_does_not(tmp_path
     assert repeat_of(s, trial) is None
 
 
+@pytest.mark.slow  # whole searches, 20-45 s on 2 cores: make test stays under 10 minutes
 def test_a_sweep_trains_no_repeat_of_a_complete_trial_but_does_train_a_pruned_trials_parameters(tmp_path):
     sweep = tmp_path / "multirun" / "optuna_tiny"
     sweep.mkdir(parents=True)
@@ -123,6 +124,7 @@ def test_a_sweep_trains_no_repeat_of_a_complete_trial_but_does_train_a_pruned_tr
     assert json.loads((sweep / "trial-0003" / "metrics.json").read_text())["objective"] == trained.value
 
 
+@pytest.mark.slow  # whole searches, 20-45 s on 2 cores: make test stays under 10 minutes
 def test_each_trial_trains_its_seeds_and_the_study_gets_their_mean_a_pruned_first_seed_ends_it(tmp_path):
     args = ["-m", "sweeps=optuna_tiny", *OPTUNA, "hydra.sweeper.n_trials=1", "hydra.sweeper.seeds_per_trial=2"]
     out = diffexp("train", *args, "seed=3", cwd=tmp_path)

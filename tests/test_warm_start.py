@@ -89,6 +89,7 @@ def test_a_folder_without_a_study_is_refused_in_one_line(tmp_path):
         check_k(0)
 
 
+@pytest.mark.slow  # whole searches, 20-45 s on 2 cores: make test stays under 10 minutes
 def test_a_search_warm_started_from_an_earlier_one_trains_its_best_recipe_first(tmp_path):
     best = {"optim.optimizer.lr": 0.002, "optim.warmup": 0.05, "data.batch_size": 32,
             "schedule.prediction_type": "v_prediction", "ema": "none"}  # fmt: skip
