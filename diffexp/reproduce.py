@@ -22,7 +22,7 @@ from diffexp.config import CONF_DIR, remove_new_folder
 from diffexp.errors import ConfigError, report
 from diffexp.files import atomic_write_text
 from diffexp.record import RunRecord
-from diffexp.run_folder import check_current_keys, provenance, read_losses
+from diffexp.run_folder import check_current_keys, provenance, read_losses, saved_choices
 
 log = logging.getLogger("diffexp.reproduce")
 
@@ -92,8 +92,7 @@ def run(cfg: DictConfig) -> dict:
     recipe.resume = None
     if "optuna" in recipe:  # a search's trial is repeated, never reported to its study again
         recipe.optuna = {"storage": None, "study": None, "trial": None}
-    hydra_yaml = original / ".hydra" / "hydra.yaml"
-    choices = dict(OmegaConf.load(hydra_yaml).hydra.runtime.choices) if hydra_yaml.exists() else recorded.recipe
+    choices = saved_choices(original)
 
     now = provenance() | {"threads": recipe.threads}
     warnings = [
@@ -106,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
 
     new = Path(HydraConfig.get().runtime.output_dir)
     record_recipe(original, new, recipe)
-    train(recipe, choices={k: v for k, v in (choices or {}).items() if not k.startswith("hydra")}, stop=stop)
+    train(recipe, choices=choices, stop=stop)
     result = compare(original, new) | {"original": str(original), "reproduction": str(new), "differences": warnings}
     atomic_write_text(new / "reproduce.json", json.dumps(result, indent=2) + "\n")
     verdict = (

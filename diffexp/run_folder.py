@@ -113,6 +113,18 @@ def earlier_job(run_dir: Path, overrides: list[str]) -> float | None:
 RESUME_SETTINGS = ("resume", "verbose", "allow_changed_data")
 
 
+def saved_choices(run_dir: Path) -> dict[str, str]:
+    """The option each config group of the run took: Hydra's record of its composition (`.hydra/hydra.yaml`), else
+    the run's `metrics.json`; Hydra's own groups left out. A resume or a repeat of the run keeps these, not the
+    defaults its own command line composed."""
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.exists():
+        choices = dict(OmegaConf.load(hydra_yaml).hydra.runtime.choices)
+    else:
+        choices = (RunRecord.read(run_dir) or RunRecord()).recipe
+    return {k: v for k, v in choices.items() if not k.startswith("hydra")}
+
+
 def saved_recipe(run_dir: Path, cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
     """The recipe of the run being resumed, from its own `.hydra/config.yaml`; `overrides` (the command's) may only
     be `RESUME_SETTINGS` or Hydra's own: any other would be silently dropped, so it is refused."""

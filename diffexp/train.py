@@ -38,7 +38,7 @@ from diffexp.metrics import HIGHER_IS_BETTER
 from diffexp.plots import plot_loss_curve, plot_noising, plot_schedule
 from diffexp.posthoc import Snapshots
 from diffexp.record import RunRecord, process_identity
-from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_recipe
+from diffexp.run_folder import check_own_folder, earlier_job, holds_run, provenance, saved_choices, saved_recipe
 from diffexp.runtime import Speed, launcher_jobs, rank, set_threads
 from diffexp.samplers import Sampler
 from diffexp.schema import check_recipe
@@ -90,8 +90,8 @@ def run(cfg: DictConfig, choices: dict | None = None, stop=None) -> float | None
     check_recipe(cfg, [] if resuming else list(hydra_cfg.overrides.task))
     if choices is None:
         choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
-        if resuming:  # the resume command's own choices are the defaults: the run's are in its record
-            choices = (RunRecord.read(run_dir) or RunRecord()).recipe or choices
+        if resuming:  # the resume command composed the defaults: keep the run's own
+            choices = saved_choices(run_dir) or choices
     training = build(cfg, run_dir, choices, resuming, stop)
     if not fit(training):
         return None  # DDP's other ranks: rank 0 records
