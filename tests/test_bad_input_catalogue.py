@@ -355,23 +355,21 @@ def test_what_is_no_mistake_passes_the_checks(case, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_optuna_search_is_checked_whole_in_seconds(tmp_path, monkeypatch):
+def test_an_optuna_search_is_checked_whole(tmp_path, monkeypatch):
     """optuna_small: each value, then all 144 combinations (3 warm-ups x 3 batches x 2 targets x 4 EMA paths x the
-    learning rate's 2 ends), well inside the up-front budget."""
+    learning rate's 2 ends), within the up-front count, whatever the machine's speed."""
+    import itertools
+
     from hydra.types import RunMode
 
     from diffexp.cli import _compose, _loader
     from diffexp.command_schema import checks
-    from diffexp.search_check import BUDGET_SECONDS, SearchCheck
+    from diffexp.search_check import MAX_COMBINATIONS, SearchCheck
 
     monkeypatch.chdir(tmp_path)
     loader = _loader("train", None)
     search = SearchCheck(loader, _compose(loader, "train", ["sweeps=optuna_small"], RunMode.MULTIRUN), checks("train"))
-    import itertools
-    import time
-
-    assert len(list(itertools.product(*search.dimensions))) == 144
-    start = time.perf_counter()
+    assert len(list(itertools.product(*search.dimensions))) == 144 <= MAX_COMBINATIONS
     search.up_front()
-    assert time.perf_counter() - start < BUDGET_SECONDS and len(search.checked) == 144 // 2  # kinds: lr ends aside
+    assert len(search.checked) == 144 // 2  # kinds: the learning rate's ends aside
     assert list(tmp_path.iterdir()) == []
