@@ -10,8 +10,8 @@ An Optuna search (`hydra/sweeper=diffexp_optuna`) has no list of jobs: each sear
 (each choice, each interval's ends), then every combination of the categorical choices (the custom search space's
 included) where there are at most `MAX_COMBINATIONS` (a count, not a time: the same search is checked the same way
 on a fast or a loaded machine); combinations are composed once per choice of config groups and their
-values set on a copy, since a composition costs ~0.2 s and a value ~1 ms. A trial of a kind not checked up front is
-checked by `SearchCheck.trial` (for the sweeper to call before it launches the trial) and by the job itself.
+values set on a copy, since a composition costs ~0.2 s and a value ~1 ms. In a larger space each trial's job checks
+its own recipe before it trains (a bad one fails as that trial, and the search goes on).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def as_override(value: Any) -> str:
 
 
 class SearchCheck:
-    """An Optuna search's values, checked on their own and (within the budget) in every combination.
+    """An Optuna search's values, checked on their own and (up to MAX_COMBINATIONS) in every combination.
 
     The space is a list of dimensions, each a list of alternatives (a dict of parameters): one per choice or
     interval end of a searched key, one per path through the custom search space (`ema=none` alone, `ema=power`
@@ -108,18 +108,11 @@ class SearchCheck:
                 self._check(alternative)
         combinations = list(itertools.product(*self.dimensions))
         if len(combinations) > MAX_COMBINATIONS:
-            return  # too many to check here: `trial` checks each kind before it trains
+            return  # too many to check here: each trial's job checks its recipe before it trains
         for combination in combinations:
             params = {k: v for alternative in combination for k, v in alternative.items()}
             self._check(params)
             self.checked.add(self._kind(params))
-
-    def trial(self, params: dict[str, Any]) -> None:
-        """Checks a trial's parameters before it trains, unless one of its kind (its categorical values) was."""
-        kind = self._kind(params)
-        if kind not in self.checked:
-            self._check(params)
-            self.checked.add(kind)
 
     def _kind(self, params: dict[str, Any]) -> tuple:
         return tuple(sorted((k, repr(v)) for k, v in params.items() if k not in self.intervals))
