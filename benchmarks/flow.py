@@ -1,13 +1,15 @@
 """Flow matching against diffexp's best recipe at equal images seen, and the few-step frontier of each family.
 
-    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier] [--seeds 0 1 2] [OVERRIDE...]
+    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier,timing] [--seeds 0 1 2] [OVERRIDE...]
 
 - `grid`: a tiny flow model (400 steps of 64, lr 3e-3), scored with flow Euler at 4-10 model calls on the uniform
   grid (sigma 1, ..., 1/N) and on diffusers' own `set_timesteps(N)` (last call at sigma 0.001); `DIR/grid.md`.
 - `tune`: flow's learning rate x weighting_scheme on tiny at 96k images (one seed; `DIR/multirun/flow-tune`).
 - `compare`: the best tuned flow recipe and `experiment=digits_best_tiny` over the training seeds at 96k images,
   each scored at the end with 5 sampling seeds x 256 samples; `diffexp-compare` over both (`DIR/report/`).
-- `frontier`: `diffexp-evaluate` on seed 0 of each: its family's samplers at 4-25 steps and its reference at 1000.
+- `frontier`: `diffexp-evaluate` on seed 0 of each: its family's samplers at 4-50 steps and its reference at 1000.
+- `timing`: seconds per 256 samples at each frontier point, median of 3, one setting at a time (`DIR/timing.csv`);
+  run it alone on otherwise idle cores.
 
 Every step is a plain diffexp command logged in `DIR/logs/`; the same command again skips what is done (sweeps
 skip finished jobs and resume unfinished ones). OVERRIDEs go to every training run (e.g. `trainer=gpu`).
@@ -19,22 +21,36 @@ import argparse
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PY = sys.executable
 BUDGET = ["budget.images=96000", "threads=1", "logger=csv"]
+PARALLEL = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]  # two one-thread trainings at once on 2 cores
 TUNE = {"optim.optimizer.lr": "1e-3,3e-3,6e-3", "schedule.weighting_scheme": "logit_normal,uniform,cosmap"}
-STEPS = [4, 5, 6, 8, 10]
+STEPS = [4, 5, 6, 8, 10]  # the grid stage's model calls
+FRONTIER_STEPS = [4, 6, 8, 10, 16, 25, 50]  # the frontier's steps (model calls, but flow_heun's 2N - 1)
+FRONTIER_RUNS = ("flow-best", "digits-best-tiny")  # the two recipes' sweeps; seed 0 of each is evaluated
+
+
+def start(out: Path, name: str, args: list[str]) -> subprocess.Popen:
+    """Starts `python -m diffexp.<args[0]> args[1:]`, its output in DIR/logs/<name>.log."""
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    log = (out / "logs" / f"{name}.log").open("a")
+    print(f"[flow bench] {name}: {' '.join(args)}", flush=True)
+    return subprocess.Popen([PY, "-m", f"diffexp.{args[0]}", *args[1:]], stdout=log, stderr=log, cwd=out)
+
+
+def wait(out: Path, jobs: dict[str, subprocess.Popen]) -> None:
+    """Waits for every job; stops naming the log of the first that failed."""
+    failed = [name for name, job in jobs.items() if job.wait()]
+    if failed:
+        sys.exit(f"{failed[0]} failed: see {out / 'logs' / f'{failed[0]}.log'}")
 
 
 def command(out: Path, name: str, args: list[str]) -> None:
-    """Runs `python -m diffexp.<args[0]> args[1:]`, its output in DIR/logs/<name>.log; stops on failure."""
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    with (out / "logs" / f"{name}.log").open("a") as log:
-        print(f"[flow bench] {name}: {' '.join(args)}", flush=True)
-        done = subprocess.run([PY, "-m", f"diffexp.{args[0]}", *args[1:]], stdout=log, stderr=log, cwd=out)
-    if done.returncode:
-        sys.exit(f"{name} failed: see {out / 'logs' / f'{name}.log'}")
+    """Runs one command to its end; stops on failure."""
+    wait(out, {name: start(out, name, args)})
 
 
 def finished(folder: Path) -> bool:
@@ -96,7 +112,7 @@ def grid_reference(loaded):
 
 def tune(out: Path, extra: list[str]) -> None:
     sweep = [f"{k}={v}" for k, v in TUNE.items()]
-    command(out, "tune", ["train", "-m", "schedule=flow", *BUDGET, *sweep, *extra, "sweep_name=flow-tune"])
+    command(out, "tune", ["train", "-m", "schedule=flow", *BUDGET, *PARALLEL, *sweep, *extra, "sweep_name=flow-tune"])
 
 
 def best_flow(out: Path) -> list[str]:
@@ -111,33 +127,78 @@ def best_flow(out: Path) -> list[str]:
     return [o.removeprefix("- ").strip("'\"") for o in overrides if o.startswith("- ") and any(k in o for k in TUNE)]
 
 
-def compare(out: Path, seeds: list[int], extra: list[str]) -> None:
+def lanes(out: Path, stages: list[str], seeds: list[int], extra: list[str]) -> None:
+    """Each recipe's lane, the two side by side (one thread each): its seeds trained at 96k images (`compare`), then
+    `diffexp-evaluate` on its seed 0 (`frontier`: its family's samplers at `FRONTIER_STEPS` and its reference at 1000
+    steps, 5 sampling seeds x 256 samples); then `diffexp-compare` over both recipes' runs."""
     seed_list = "seed=" + ",".join(map(str, seeds))
-    flow = best_flow(out)
-    command(out, "compare-flow", ["train", "-m", "schedule=flow", *flow, *BUDGET, seed_list, *extra,
-                                  "sweep_name=flow-best"])  # fmt: skip
-    command(out, "compare-best", ["train", "-m", "experiment=digits_best_tiny", *BUDGET, seed_list, *extra,
-                                  "sweep_name=digits-best-tiny"])  # fmt: skip
-    sweeps = [out / "multirun" / s for s in ("flow-best", "digits-best-tiny")]
-    runs = sorted(str(p.parent) for sweep in sweeps for p in sweep.glob("*/metrics.json"))
-    command(out, "report", ["compare", f"runs=[{','.join(runs)}]", f"out={out / 'report'}"])
+    steps = "steps=[" + ",".join(map(str, FRONTIER_STEPS)) + "]"
 
-
-def frontier(out: Path) -> None:
-    for sweep in ("flow-best", "digits-best-tiny"):
-        run = out / "multirun" / sweep / "0"
+    def lane(sweep: str, recipe: list[str]) -> None:
+        if "compare" in stages:
+            args = ["train", "-m", *recipe, *BUDGET, seed_list, *extra, f"sweep_name={sweep}"]
+            command(out, f"compare-{sweep}", args)
         marker = out / "logs" / f"frontier-{sweep}.done"
-        if marker.exists():
-            continue
-        steps = "steps=[" + ",".join(map(str, [*STEPS, 25])) + "]"
-        command(out, f"frontier-{sweep}", ["evaluate", f"run={run}", steps, "ddpm_steps=[1000]", "n=256", "threads=1"])
-        marker.write_text("done\n")
+        if "frontier" in stages and not marker.exists():
+            run = out / "multirun" / sweep / "0"
+            args = ["evaluate", f"run={run}", steps, "ddpm_steps=[1000]", "n=256", "threads=1"]
+            command(out, f"frontier-{sweep}", args)
+            marker.write_text("done\n")
+
+    flow = best_flow(out) if "compare" in stages else []
+    recipes = {"flow-best": ["schedule=flow", *flow], "digits-best-tiny": ["experiment=digits_best_tiny"]}
+    with ThreadPoolExecutor(len(recipes)) as pool:
+        list(pool.map(lambda item: lane(*item), recipes.items()))  # re-raises a lane's failure
+    if "compare" in stages:
+        runs = sorted(str(p.parent) for sweep in recipes for p in (out / "multirun" / sweep).glob("*/metrics.json"))
+        command(out, "report", ["compare", f"runs=[{','.join(runs)}]", f"out={out / 'report'}"])
+
+
+def timing(out: Path, repeats: int = 3) -> None:
+    """Seconds to sample 256 images at each few-step frontier point, one setting at a time on this process's cores
+    (run it with the cores otherwise idle): the median of `repeats`; `DIR/timing.csv`."""
+    import csv
+    import statistics
+    import time
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from diffexp.flow import is_flow_scheduler
+    from diffexp.flow_samplers import is_flow_sampler
+    from diffexp.frontier import evaluation_grid
+    from diffexp.loading import load_run
+    from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
+
+    threads = torch.get_num_threads()
+    settings = OmegaConf.create({"samplers": None, "steps": FRONTIER_STEPS, "ddpm_steps": [1000]})
+    ddpm_names = [k for k in SCHEDULERS if not is_flow_sampler(k)]
+    rows = []
+    for sweep in FRONTIER_RUNS:
+        loaded = load_run(out / "multirun" / sweep / "0")
+        for name, steps, is_reference in evaluation_grid(settings, is_flow_scheduler(loaded.scheduler), ddpm_names):
+            if is_reference:
+                continue  # 1000 calls: its time is the frontier CSV's `seconds` (5 x 256 samples)
+            seconds = []
+            for _ in range(repeats):
+                noise, g = seeded_noise(256, loaded.unet.config.in_channels, loaded.unet.config.sample_size, 0)
+                begin = time.perf_counter()
+                with torch.no_grad():
+                    Sampler(name, steps)(loaded.unet, loaded.scheduler, noise, g, False)
+                seconds.append(time.perf_counter() - begin)
+            row = {"run": sweep, "sampler": name, "steps": steps, "seconds_256": round(statistics.median(seconds), 3)}
+            rows.append(row | {"repeats": repeats, "threads": threads})
+            print(f"[flow bench] timing {sweep} {name}-{steps}: {row['seconds_256']} s per 256", flush=True)
+    with (out / "timing.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--only", default="grid,tune,compare,frontier")
+    parser.add_argument("--only", default="grid,tune,compare,frontier,timing")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args, extra = parser.parse_known_args()
     out = args.out.expanduser().resolve()
@@ -147,10 +208,10 @@ def main() -> None:
         grid_scores(out, extra)
     if "tune" in stages:
         tune(out, extra)
-    if "compare" in stages:
-        compare(out, args.seeds, extra)
-    if "frontier" in stages:
-        frontier(out)
+    if "compare" in stages or "frontier" in stages:
+        lanes(out, stages, args.seeds, extra)
+    if "timing" in stages:
+        timing(out)
 
 
 if __name__ == "__main__":

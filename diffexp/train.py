@@ -344,4 +344,7 @@ main = entry("train", hydra_main)  # the console script: the command line checke
 
 
 if __name__ == "__main__":
-    main()
+    # the importable module's main, not this __main__ copy: joblib then pickles the task function by reference
+    from diffexp.train import main as importable_main
+
+    importable_main()

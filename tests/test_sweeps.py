@@ -145,7 +145,9 @@ def test_two_by_two_grid_in_parallel_gives_four_wandb_runs_and_a_report(tmp_path
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
     ]
-    out = diffexp("train", *args, cwd=tmp_path)
+    # as `python -m diffexp.train` (README: every command runs so): joblib pickles the task function of `__main__`
+    out = subprocess.run([sys.executable, "-m", "diffexp.train", *args], cwd=tmp_path, env=ENV, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     sweep = tmp_path / "multirun" / "grid"
     found = jobs(sweep)
