@@ -1,6 +1,6 @@
 """Flow matching against diffexp's best recipe at equal images seen, and the few-step frontier of each family.
 
-    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier,timing] [--seeds 0 1 2] [OVERRIDE...]
+    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier,timing,tables] [--seeds 0 1 2] [OVERRIDE...]
 
 - `grid`: a tiny flow model (400 steps of 64, lr 3e-3), scored with flow Euler at 4-10 model calls on the uniform
   grid (sigma 1, ..., 1/N) and on diffusers' own `set_timesteps(N)` (last call at sigma 0.001); `DIR/grid.md`.
@@ -10,6 +10,8 @@
 - `frontier`: `diffexp-evaluate` on seed 0 of each: its family's samplers at 4-50 steps and its reference at 1000.
 - `timing`: seconds per 256 samples at each frontier point, median of 3, one setting at a time (`DIR/timing.csv`);
   run it alone on otherwise idle cores.
+- `tables`: `DIR/frontier.md`, each family's FID [95% CI] and seconds per 256 at each NFE (Heun's actual NFE after
+  `@`), the reference, and each sampler's smallest NFE inside the reference.
 
 Every step is a plain diffexp command logged in `DIR/logs/`; the same command again skips what is done (sweeps
 skip finished jobs and resume unfinished ones). OVERRIDEs go to every training run (e.g. `trainer=gpu`).
@@ -195,10 +197,48 @@ def timing(out: Path, repeats: int = 3) -> None:
         writer.writerows(rows)
 
 
+def tables(out: Path) -> None:
+    """`DIR/frontier.md`: per family, FID [95% CI] at each NFE and sampling seconds per 256 (timing stage), the
+    reference band, and the smallest NFE whose interval overlaps the reference's."""
+    import csv
+
+    seconds = {}
+    if (out / "timing.csv").exists():
+        for r in csv.DictReader((out / "timing.csv").open()):
+            seconds[(r["run"], r["sampler"], int(r["steps"]))] = float(r["seconds_256"])
+    lines = []
+    for sweep in FRONTIER_RUNS:
+        found = sorted((out / "multirun" / sweep / "0" / "eval").glob("*-n256-seed0-x5.csv"))
+        if not found:
+            continue
+        rows = [r for r in csv.DictReader(found[-1].open()) if r["steps"]]
+        ref = next(r for r in rows if r["inside_reference"] == "reference")
+        lines += [f"### `{sweep}` seed 0: reference {ref['sampler']}-{ref['steps']} FID {cell(ref)}", ""]
+        lines += ["| sampler | " + " | ".join(f"NFE {s}" for s in FRONTIER_STEPS) + " | smallest NFE inside |"]
+        lines += ["| --- " * (len(FRONTIER_STEPS) + 2) + "|"]
+        for name in dict.fromkeys(r["sampler"] for r in rows if r is not ref):
+            mine = {int(r["steps"]): r for r in rows if r["sampler"] == name}
+            cells = []
+            for steps in FRONTIER_STEPS:
+                r, t = mine[steps], seconds.get((sweep, name, steps))
+                cells.append(f"{cell(r)}" + (f" @{r['nfe']}" if int(r["nfe"]) != steps else "")
+                             + (f", {t:.1f} s" if t is not None else ""))  # fmt: skip
+            inside = [int(r["nfe"]) for r in mine.values() if r["inside_reference"] == "True"]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(inside) if inside else 'none'} |")
+        lines.append("")
+    (out / "frontier.md").write_text("\n".join(lines))
+    print((out / "frontier.md").read_text())
+
+
+def cell(row: dict) -> str:
+    """`6.65 [4.73, 8.57]`: a row's FID and its interval."""
+    return f"{float(row['fid']):.2f} [{float(row['fid_lo']):.2f}, {float(row['fid_hi']):.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--only", default="grid,tune,compare,frontier,timing")
+    parser.add_argument("--only", default="grid,tune,compare,frontier,timing,tables")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args, extra = parser.parse_known_args()
     out = args.out.expanduser().resolve()
@@ -212,6 +252,8 @@ def main() -> None:
         lanes(out, stages, args.seeds, extra)
     if "timing" in stages:
         timing(out)
+    if "tables" in stages:
+        tables(out)
 
 
 if __name__ == "__main__":
