@@ -197,9 +197,9 @@ def timing(out: Path, repeats: int = 3) -> None:
         writer.writerows(rows)
 
 
-def tables(out: Path) -> None:
-    """`DIR/frontier.md`: per family, FID [95% CI] at each NFE and sampling seconds per 256 (timing stage), the
-    reference band, and the smallest NFE whose interval overlaps the reference's."""
+def tables(out: Path, steps_shown: list[int] = FRONTIER_STEPS) -> None:
+    """`DIR/frontier.md` from each recipe's newest `diffexp-evaluate` table: FID [95% CI] at each of `steps_shown`
+    and seconds per 256 (timing stage), the reference, and the smallest NFE whose interval overlaps the reference's."""
     import csv
 
     seconds = {}
@@ -208,18 +208,18 @@ def tables(out: Path) -> None:
             seconds[(r["run"], r["sampler"], int(r["steps"]))] = float(r["seconds_256"])
     lines = []
     for sweep in FRONTIER_RUNS:
-        found = sorted((out / "multirun" / sweep / "0" / "eval").glob("*-n256-seed0-x5.csv"))
+        found = list((out / "multirun" / sweep / "0" / "eval").glob("*.csv"))
         if not found:
             continue
-        rows = [r for r in csv.DictReader(found[-1].open()) if r["steps"]]
+        rows = [r for r in csv.DictReader(max(found, key=lambda p: p.stat().st_mtime).open()) if r["steps"]]
         ref = next(r for r in rows if r["inside_reference"] == "reference")
         lines += [f"### `{sweep}` seed 0: reference {ref['sampler']}-{ref['steps']} FID {cell(ref)}", ""]
-        lines += ["| sampler | " + " | ".join(f"NFE {s}" for s in FRONTIER_STEPS) + " | smallest NFE inside |"]
-        lines += ["| --- " * (len(FRONTIER_STEPS) + 2) + "|"]
+        lines += ["| sampler | " + " | ".join(f"NFE {s}" for s in steps_shown) + " | smallest NFE inside |"]
+        lines += ["| --- " * (len(steps_shown) + 2) + "|"]
         for name in dict.fromkeys(r["sampler"] for r in rows if r is not ref):
             mine = {int(r["steps"]): r for r in rows if r["sampler"] == name}
             cells = []
-            for steps in FRONTIER_STEPS:
+            for steps in steps_shown:
                 r, t = mine[steps], seconds.get((sweep, name, steps))
                 cells.append(f"{cell(r)}" + (f" @{r['nfe']}" if int(r["nfe"]) != steps else "")
                              + (f", {t:.1f} s" if t is not None else ""))  # fmt: skip

@@ -145,8 +145,24 @@ def test_flow_samplers_sample_and_evaluate_counts_model_calls_against_the_flow_r
     assert rows[("flow_euler", "3")]["inside_reference"] == "reference"
     assert rows[("flow_heun", "2")]["inside_reference"] in ("True", "False")
     assert table.with_suffix(".png").exists()
+    frontier_table = frontier_tables_of(table, tmp_path / "bench")  # what benchmarks/flow.py publishes from it
+    assert "flow_euler-3 FID" in frontier_table and "| flow_heun | " in frontier_table and " @3" in frontier_table
     with pytest.raises(ConfigError, match=r"^samplers=ddim samples DDPM models"):
         evaluate(compose_train([*args[:1], "samplers=[ddim]", "ddpm_steps=[]"], tmp_path / "e", name="evaluate"))
+
+
+def frontier_tables_of(table: Path, out: Path) -> str:
+    """benchmarks/flow.py's `tables` stage on one `diffexp-evaluate` table laid out as its flow run's."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from flow import FRONTIER_RUNS, tables
+
+    (out / "multirun" / FRONTIER_RUNS[0] / "0" / "eval").mkdir(parents=True)
+    shutil.copy(table, out / "multirun" / FRONTIER_RUNS[0] / "0" / "eval" / table.name)
+    tables(out, steps_shown=[2])
+    return (out / "frontier.md").read_text()
 
 
 def test_the_search_space_draws_each_schedules_settings_only_where_they_apply(tmp_path):
