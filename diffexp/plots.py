@@ -270,7 +270,7 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
     for r in [r for r in rows if r.get("reference_sampler")]:
         label = f"reference: {r['sampler']}-{r['steps']}"
@@ -286,10 +286,13 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
         if all(lo is not None for _, lo, _ in mine):
             ax.fill_between([m[0] for m in mine], [m[1] for m in mine], [m[2] for m in mine], alpha=0.15)
     ax.set_xscale("log")
+    calls = sorted({r["nfe"] for r in rows if r["nfe"] == r["steps"]} or {r["nfe"] for r in rows})
+    ax.set_xticks(calls, [str(c) for c in calls])  # the step counts asked for, as plain numbers
+    ax.minorticks_off()
     ax.set_xlabel("model calls per image (NFE)")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
