@@ -269,6 +269,7 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     rows = [r for r in rows if r.get("fid") is not None]  # eval=dinov2 refuses FD below its feature count
@@ -289,8 +290,11 @@ def plot_quality(rows: list[dict], path: Path, title: str) -> None:
     calls = sorted({r["nfe"] for r in rows if r["nfe"] == r["steps"]} or {r["nfe"] for r in rows})
     ax.set_xticks(calls, [str(c) for c in calls])  # the step counts asked for, as plain numbers
     ax.minorticks_off()
+    ax.set_yscale("log")  # a sampler far off at few calls leaves the others readable
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())  # under a decade, matplotlib labels minor ticks
     ax.set_xlabel("model calls per image (NFE)")
-    ax.set_ylabel("FID (lower is better)")
+    ax.set_ylabel("FID (lower is better, log scale)")
     ax.set_title(title)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not over them
     fig.tight_layout()
