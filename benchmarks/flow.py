@@ -148,7 +148,7 @@ def lanes(out: Path, stages: list[str], seeds: list[int], extra: list[str]) -> N
             marker.write_text("done\n")
 
     flow = best_flow(out) if "compare" in stages else []
-    recipes = {"flow-best": ["schedule=flow", *flow], "digits-best-tiny": ["experiment=digits_best_tiny"]}
+    recipes = dict(zip(FRONTIER_RUNS, (["schedule=flow", *flow], ["experiment=digits_best_tiny"]), strict=True))
     with ThreadPoolExecutor(len(recipes)) as pool:
         list(pool.map(lambda item: lane(*item), recipes.items()))  # re-raises a lane's failure
     if "compare" in stages:
