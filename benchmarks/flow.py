@@ -167,18 +167,16 @@ def timing(out: Path, repeats: int = 3) -> None:
     from omegaconf import OmegaConf
 
     from diffexp.flow import is_flow_scheduler
-    from diffexp.flow_samplers import is_flow_sampler
     from diffexp.frontier import evaluation_grid
     from diffexp.loading import load_run
-    from diffexp.samplers import SCHEDULERS, Sampler, seeded_noise
+    from diffexp.samplers import Sampler, seeded_noise
 
     threads = torch.get_num_threads()
     settings = OmegaConf.create({"samplers": None, "steps": FRONTIER_STEPS, "ddpm_steps": [1000]})
-    ddpm_names = [k for k in SCHEDULERS if not is_flow_sampler(k)]
     rows = []
     for sweep in FRONTIER_RUNS:
         loaded = load_run(out / "multirun" / sweep / "0")
-        for name, steps, is_reference in evaluation_grid(settings, is_flow_scheduler(loaded.scheduler), ddpm_names):
+        for name, steps, is_reference in evaluation_grid(settings, is_flow_scheduler(loaded.scheduler)):
             if is_reference:
                 continue  # 1000 calls: its time is the frontier CSV's `seconds` (5 x 256 samples)
             seconds = []

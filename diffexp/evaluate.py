@@ -27,7 +27,6 @@ from diffexp.data import to_uint8
 from diffexp.errors import ConfigError, report
 from diffexp.files import free_path
 from diffexp.flow import is_flow_scheduler
-from diffexp.flow_samplers import is_flow_sampler
 from diffexp.frontier import evaluation_grid, mark_inside, nfe
 from diffexp.heldout import Reference, evaluation_reference
 from diffexp.identity import run_data_mark
@@ -156,7 +155,7 @@ def run(cfg: DictConfig) -> Path:
     set_threads(cfg.threads)
     loaded = load_run(Path(cfg.run))
     flow = is_flow_scheduler(loaded.scheduler)  # the run's family: its samplers and its reference
-    grid = evaluation_grid(cfg, flow, [k for k in SCHEDULERS if not is_flow_sampler(k)])
+    grid = evaluation_grid(cfg, flow)
     unet = loaded.unet.to(device)
     check_steps(max(steps for _, steps, _ in grid), loaded.scheduler, "steps")
     reference = reference_for(loaded, cfg, n, device)

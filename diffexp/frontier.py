@@ -11,7 +11,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from diffexp.errors import ConfigError
-from diffexp.flow_samplers import FLOW_REFERENCE, check_sampler_family, family_samplers, model_calls
+from diffexp.flow_samplers import FLOW_REFERENCE, check_sampler_family, family_samplers, is_flow_sampler, model_calls
+from diffexp.samplers import SCHEDULERS
 
 
 def reference_sampler(flow_model: bool) -> str:
@@ -19,9 +20,10 @@ def reference_sampler(flow_model: bool) -> str:
     return FLOW_REFERENCE if flow_model else "ddpm"
 
 
-def evaluation_grid(cfg: DictConfig, flow_model: bool, ddpm_names: list[str]) -> list[tuple[str, int, bool]]:
+def evaluation_grid(cfg: DictConfig, flow_model: bool) -> list[tuple[str, int, bool]]:
     """(sampler, steps, is the reference) for each setting: `samplers` (null: the run's family) at every `steps`,
     then the family's reference at `ddpm_steps`; a sampler of the other family gets one line."""
+    ddpm_names = [k for k in SCHEDULERS if not is_flow_sampler(k)]
     names = list(cfg.samplers) if cfg.samplers is not None else family_samplers(flow_model, ddpm_names)
     for name in names:
         check_sampler_family(name, flow_model, "samplers")
