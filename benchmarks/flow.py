@@ -1,17 +1,20 @@
 """Flow matching against diffexp's best recipe at equal images seen, and the few-step frontier of each family.
 
-    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier,timing,tables] [--seeds 0 1 2] [OVERRIDE...]
+    python benchmarks/flow.py --out DIR [--only grid,tune,compare,frontier,timing,tables] [--seeds 0 1 2]
+                              [--size tiny|small] [OVERRIDE...]
 
 - `grid`: a tiny flow model (400 steps of 64, lr 3e-3), scored with flow Euler at 4-10 model calls on the uniform
   grid (sigma 1, ..., 1/N) and on diffusers' own `set_timesteps(N)` (last call at sigma 0.001); `DIR/grid.md`.
 - `tune`: flow's learning rate x weighting_scheme on tiny at 96k images (one seed; `DIR/multirun/flow-tune`).
-- `compare`: the best tuned flow recipe and `experiment=digits_best_tiny` over the training seeds at 96k images,
-  each scored at the end with 5 sampling seeds x 256 samples; `diffexp-compare` over both (`DIR/report/`).
+- `compare`: the best tuned flow recipe and `experiment=digits_best_<size>` over the training seeds at the size's
+  images seen (tiny 96k, small 48k), each scored at the end with 5 sampling seeds x 256 samples; `diffexp-compare`
+  over both (`DIR/report/`, `DIR/report-small/`). The flow recipe on small is tiny's tuned one on the small UNet.
 - `frontier`: `diffexp-evaluate` on seed 0 of each: its family's samplers at 4-50 steps and its reference at 1000.
 - `timing`: seconds per 256 samples at each frontier point, median of 3, one setting at a time (`DIR/timing.csv`);
   run it alone on otherwise idle cores.
 - `tables`: `DIR/frontier.md`, each family's FID [95% CI] and seconds per 256 at each NFE (Heun's actual NFE after
   `@`), the reference, and each sampler's smallest NFE inside the reference.
+- Another size's files and folders carry its name: `DIR/report-small/`, `timing-small.csv`, `frontier-small.md`.
 
 Every step is a plain diffexp command logged in `DIR/logs/`; the same command again skips what is done (sweeps
 skip finished jobs and resume unfinished ones). OVERRIDEs go to every training run (e.g. `trainer=gpu`).
@@ -27,12 +30,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PY = sys.executable
-BUDGET = ["budget.images=96000", "threads=1", "logger=csv"]
+BUDGET = ["threads=1", "logger=csv"]
+SIZES = {"tiny": 96000, "small": 48000}  # images seen per size, as the digits_best_<size> experiments
 PARALLEL = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]  # two one-thread trainings at once on 2 cores
 TUNE = {"optim.optimizer.lr": "1e-3,3e-3,6e-3", "schedule.weighting_scheme": "logit_normal,uniform,cosmap"}
 STEPS = [4, 5, 6, 8, 10]  # the grid stage's model calls
 FRONTIER_STEPS = [4, 6, 8, 10, 16, 25, 50]  # the frontier's steps (model calls, but flow_heun's 2N - 1)
-FRONTIER_RUNS = ("flow-best", "digits-best-tiny")  # the two recipes' sweeps; seed 0 of each is evaluated
+FRONTIER_RUNS = ("flow-best", "digits-best-tiny")  # tiny's two recipes' sweeps; seed 0 of each is evaluated
+
+
+def sweeps(size: str) -> tuple[str, str]:
+    """The flow and DDPM-family recipes' sweep names for a size (tiny's keep their first names)."""
+    return FRONTIER_RUNS if size == "tiny" else (f"flow-best-{size}", f"digits-best-{size}")
 
 
 def start(out: Path, name: str, args: list[str]) -> subprocess.Popen:
@@ -114,7 +123,13 @@ def grid_reference(loaded):
 
 def tune(out: Path, extra: list[str]) -> None:
     sweep = [f"{k}={v}" for k, v in TUNE.items()]
-    command(out, "tune", ["train", "-m", "schedule=flow", *BUDGET, *PARALLEL, *sweep, *extra, "sweep_name=flow-tune"])
+    args = ["train", "-m", "schedule=flow", f"budget.images={SIZES['tiny']}", *BUDGET, *PARALLEL, *sweep, *extra]
+    command(out, "tune", [*args, "sweep_name=flow-tune"])
+
+
+def named(out: Path, name: str, size: str) -> Path:
+    """DIR/<name> for tiny, DIR/<stem>-<size><suffix> for another size (`frontier-small.md`)."""
+    return out / (name if size == "tiny" else f"{Path(name).stem}-{size}{Path(name).suffix}")
 
 
 def best_flow(out: Path) -> list[str]:
@@ -129,16 +144,17 @@ def best_flow(out: Path) -> list[str]:
     return [o.removeprefix("- ").strip("'\"") for o in overrides if o.startswith("- ") and any(k in o for k in TUNE)]
 
 
-def lanes(out: Path, stages: list[str], seeds: list[int], extra: list[str]) -> None:
-    """Each recipe's lane, the two side by side (one thread each): its seeds trained at 96k images (`compare`), then
-    `diffexp-evaluate` on its seed 0 (`frontier`: its family's samplers at `FRONTIER_STEPS` and its reference at 1000
-    steps, 5 sampling seeds x 256 samples); then `diffexp-compare` over both recipes' runs."""
+def lanes(out: Path, stages: list[str], seeds: list[int], extra: list[str], size: str = "tiny") -> None:
+    """Each recipe's lane, the two side by side (one thread each): its seeds trained at the size's images seen
+    (`compare`), then `diffexp-evaluate` on its seed 0 (`frontier`: its family's samplers at `FRONTIER_STEPS` and its
+    reference at 1000 steps, 5 sampling seeds x 256 samples); then `diffexp-compare` over both recipes' runs."""
     seed_list = "seed=" + ",".join(map(str, seeds))
     steps = "steps=[" + ",".join(map(str, FRONTIER_STEPS)) + "]"
 
     def lane(sweep: str, recipe: list[str]) -> None:
         if "compare" in stages:
-            args = ["train", "-m", *recipe, *BUDGET, seed_list, *extra, f"sweep_name={sweep}"]
+            args = ["train", "-m", *recipe, f"budget.images={SIZES[size]}", *BUDGET, seed_list, *extra]
+            args.append(f"sweep_name={sweep}")
             command(out, f"compare-{sweep}", args)
         marker = out / "logs" / f"frontier-{sweep}.done"
         if "frontier" in stages and not marker.exists():
@@ -148,15 +164,16 @@ def lanes(out: Path, stages: list[str], seeds: list[int], extra: list[str]) -> N
             marker.write_text("done\n")
 
     flow = best_flow(out) if "compare" in stages else []
-    recipes = dict(zip(FRONTIER_RUNS, (["schedule=flow", *flow], ["experiment=digits_best_tiny"]), strict=True))
+    flow_recipe = ["schedule=flow", f"model={size}", *flow]
+    recipes = dict(zip(sweeps(size), (flow_recipe, [f"experiment=digits_best_{size}"]), strict=True))
     with ThreadPoolExecutor(len(recipes)) as pool:
         list(pool.map(lambda item: lane(*item), recipes.items()))  # re-raises a lane's failure
     if "compare" in stages:
         runs = sorted(str(p.parent) for sweep in recipes for p in (out / "multirun" / sweep).glob("*/metrics.json"))
-        command(out, "report", ["compare", f"runs=[{','.join(runs)}]", f"out={out / 'report'}"])
+        command(out, f"report-{size}", ["compare", f"runs=[{','.join(runs)}]", f"out={named(out, 'report', size)}"])
 
 
-def timing(out: Path, repeats: int = 3) -> None:
+def timing(out: Path, size: str = "tiny", repeats: int = 3) -> None:
     """Seconds to sample 256 images at each few-step frontier point, one setting at a time on this process's cores
     (run it with the cores otherwise idle): the median of `repeats`; `DIR/timing.csv`."""
     import csv
@@ -174,7 +191,7 @@ def timing(out: Path, repeats: int = 3) -> None:
     threads = torch.get_num_threads()
     settings = OmegaConf.create({"samplers": None, "steps": FRONTIER_STEPS, "ddpm_steps": [1000]})
     rows = []
-    for sweep in FRONTIER_RUNS:
+    for sweep in sweeps(size):
         loaded = load_run(out / "multirun" / sweep / "0")
         for name, steps, is_reference in evaluation_grid(settings, is_flow_scheduler(loaded.scheduler)):
             if is_reference:
@@ -189,23 +206,23 @@ def timing(out: Path, repeats: int = 3) -> None:
             row = {"run": sweep, "sampler": name, "steps": steps, "seconds_256": round(statistics.median(seconds), 3)}
             rows.append(row | {"repeats": repeats, "threads": threads})
             print(f"[flow bench] timing {sweep} {name}-{steps}: {row['seconds_256']} s per 256", flush=True)
-    with (out / "timing.csv").open("w", newline="") as f:
+    with named(out, "timing.csv", size).open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
-def tables(out: Path, steps_shown: list[int] = FRONTIER_STEPS) -> None:
+def tables(out: Path, size: str = "tiny", steps_shown: list[int] = FRONTIER_STEPS) -> None:
     """`DIR/frontier.md` from each recipe's newest `diffexp-evaluate` table: FID [95% CI] at each of `steps_shown`
     and seconds per 256 (timing stage), the reference, and the smallest NFE whose interval overlaps the reference's."""
     import csv
 
-    seconds = {}
-    if (out / "timing.csv").exists():
-        for r in csv.DictReader((out / "timing.csv").open()):
+    seconds, timed, page = {}, named(out, "timing.csv", size), named(out, "frontier.md", size)
+    if timed.exists():
+        for r in csv.DictReader(timed.open()):
             seconds[(r["run"], r["sampler"], int(r["steps"]))] = float(r["seconds_256"])
     lines = []
-    for sweep in FRONTIER_RUNS:
+    for sweep in sweeps(size):
         found = list((out / "multirun" / sweep / "0" / "eval").glob("*.csv"))
         if not found:
             continue
@@ -224,8 +241,8 @@ def tables(out: Path, steps_shown: list[int] = FRONTIER_STEPS) -> None:
             inside = [int(r["nfe"]) for r in mine.values() if r["inside_reference"] == "True"]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(inside) if inside else 'none'} |")
         lines.append("")
-    (out / "frontier.md").write_text("\n".join(lines))
-    print((out / "frontier.md").read_text())
+    page.write_text("\n".join(lines))
+    print(page.read_text())
 
 
 def cell(row: dict) -> str:
@@ -238,6 +255,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", default="grid,tune,compare,frontier,timing,tables")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--size", choices=list(SIZES), default="tiny", help="compare/frontier: the model size")
     args, extra = parser.parse_known_args()
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -247,11 +265,11 @@ def main() -> None:
     if "tune" in stages:
         tune(out, extra)
     if "compare" in stages or "frontier" in stages:
-        lanes(out, stages, args.seeds, extra)
+        lanes(out, stages, args.seeds, extra, args.size)
     if "timing" in stages:
-        timing(out)
+        timing(out, args.size)
     if "tables" in stages:
-        tables(out)
+        tables(out, args.size)
 
 
 if __name__ == "__main__":
