@@ -102,12 +102,13 @@ def check_command(command: str, cfg: DictConfig, overrides: list[str]) -> None:
         raise ConfigError(f"n={cfg.n} but eval.n_samples={cfg.eval.n_samples}: drop eval.n_samples (n decides)")
 
 
-def check_train(cfg: DictConfig, overrides: list[str]) -> None:
-    """A train recipe's checks; `resume=DIR` trains the saved recipe, which `train.run` checks once it has read it."""
+def check_train(cfg: DictConfig, overrides: list[str], typed: bool = False) -> None:
+    """A train recipe's checks (`typed`: its types are checked already); `resume=DIR` trains the saved recipe, which
+    `train.run` checks once it has read it."""
     from diffexp.schema import check_recipe
 
     if not cfg.get("resume"):
-        check_recipe(cfg, overrides)
+        check_recipe(cfg, overrides, typed)
 
 
 def checks(command: str):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
 
 from diffexp.config import flatten
 from diffexp.diffusion import check_lr_schedule
@@ -211,19 +211,24 @@ class Train:
     optuna: Optuna = field(default_factory=Optuna)  # set by the Optuna sweeper; no part of the recipe
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> DictConfig:
     """Checks every key's type against the schema; raises ConfigError naming the key and what it takes (for a key
-    that does not exist, the nearest one that does)."""
+    that does not exist, the nearest one that does). Returns `cfg` typed by the schema."""
     if "gradient_clip_val" in (cfg.get("trainer") or {}):
         raise ConfigError("trainer.gradient_clip_val: gradient clipping is optim.grad_clip (the optim group's)")
     try:
-        OmegaConf.merge(OmegaConf.structured(Train), _typed_part(cfg))
+        return OmegaConf.merge(OmegaConf.structured(Train), _typed_part(cfg))
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        reason = str(e).splitlines()[0]
-        if "Key" in type(e).__name__ or "not in struct" in reason:
-            raise ConfigError(f"{key}: no such setting{nearest_key(key, cfg)}; see `diffexp-train --cfg job`") from e
-        raise ConfigError(f"{key}: {reason}; give a value of the right type") from e
+        raise type_error(e, cfg) from e
+
+
+def type_error(e: OmegaConfBaseException, cfg: DictConfig) -> ConfigError:
+    """OmegaConf's complaint as one line: the key, and what it takes (or the nearest real key to a misspelt one)."""
+    key = getattr(e, "full_key", None) or "?"
+    reason = str(e).splitlines()[0]
+    if "Key" in type(e).__name__ or isinstance(e, ConfigAttributeError) or "not in struct" in reason:
+        return ConfigError(f"{key}: no such setting{nearest_key(key, cfg)}; see `diffexp-train --cfg job`")
+    return ConfigError(f"{key}: {reason}; give a value of the right type")
 
 
 def _typed_part(cfg: DictConfig) -> DictConfig:
@@ -249,10 +254,11 @@ def nearest_key(key: str, cfg: DictConfig) -> str:
     return nearest(key, keys | set(flatten(OmegaConf.to_container(OmegaConf.structured(Train)))))
 
 
-def check_recipe(cfg: DictConfig, overrides: list[str] = ()) -> None:
-    """Every check a train recipe gets before any work: types, settings the command line gave twice (`overrides`,
-    the command's own: empty for a saved recipe), and the cross-field checks."""
-    validate(cfg)
+def check_recipe(cfg: DictConfig, overrides: list[str] = (), typed: bool = False) -> None:
+    """Every check a train recipe gets before any work: types (unless `typed`: checked already), settings the command
+    line gave twice (`overrides`, the command's own: empty for a saved recipe), and the cross-field checks."""
+    if not typed:
+        validate(cfg)
     check_agreement(cfg, list(overrides))
     check(cfg)
 

@@ -272,6 +272,16 @@ BEFORE_HYDRA = {
         ["-m", "sweeps=optuna_tiny", "optim.optimizer.lr=interval(-0.001,0.01)"],
         "optim.optimizer.lr=-0.001",
     ),
+    "search_value_of_the_wrong_type": (
+        "train",
+        ["-m", "sweeps=optuna_tiny", "optim.warmup=choice(0.1,some)"],
+        "optim.warmup: Value 'some' of type 'str' could not be converted to Float",
+    ),
+    "search_misspelt_key": (
+        "train",
+        ["-m", "sweeps=optuna_tiny", "optim.optimizer.lrr=interval(1e-4,1e-3)"],
+        "optim.optimizer.lrr: no such setting (did you mean optim.optimizer.lr?)",
+    ),
     "search_bad_combination": (
         "train",
         ["-m", "sweeps=optuna_tiny", "schedule.rescale_betas_zero_snr=choice(false,true)"],
