@@ -66,6 +66,7 @@ def test_the_sweep_files_prune_only_the_worst_quarter():
 PRUNE = ["hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0", "hydra.sweeper.n_trials=1"]
 
 
+@pytest.mark.slow  # two search starts and a pruned training: ~40-50 s on 2 cores
 def test_a_pruned_trial_ends_cleanly_and_a_rerun_counts_it_as_done(tmp_path):
     # FID is never below 0: the threshold pruner stops the trial at its first evaluation point.
     args = ["-m", "sweeps=optuna_tiny", *OPTUNA, "budget.images=512", "logger=wandb", *PRUNE]
