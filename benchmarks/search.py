@@ -1,20 +1,31 @@
-"""The search measured: TPE with pruning against TPE without, side by side, on the digits (issue 13, item 7).
+"""The search measured: two arms of one Optuna search on the digits, each lever against the plain search.
 
-    python benchmarks/search.py [--minutes 30] [--images 24000] [--seeds 0 1] [--out /tmp/diffexp-search-bench]
+    python benchmarks/search.py [--compare pruning|warm-start|workers] [--minutes 30] [--images N] [--seeds 0 1]
+                                [--tiny-minutes 60] [--out /tmp/diffexp-search-bench] [OVERRIDE...]
 
-For each TPE seed both arms run at once, one worker each (`threads=1`, one core each), `sweeps=optuna_tiny` at
-`--images` a trial, for `--minutes` (the sweeper's timeout: a worker starts no trial after it; the running one ends).
-The arms differ only in the pruner (the sweep file's pruner against `hydra/sweeper/pruner=none`); both
-evaluate at the same 4 images points. Afterwards every trial that improved its arm's best-so-far is scored again
-with the final evaluation on fresh sampling seeds (a search's best figure is optimistic: it won on its own noise).
-An arm *reached* the seed's best recipe when one of its re-scored figures lies inside (or below) that recipe's 95%
-interval; the time it needed is that trial's completion, counted from the arm's start. Each seed's line under the
-table says how many times sooner the pruning arm got there, and for how many leading trials both arms drew the same
-parameters: as far as they do, the arms differ only in time (TPE ranks a pruned trial below every finished one, so
-the draws part only when a pruned trial's twin would have been among TPE's few best).
+The comparisons (`--compare`; its arms, the plain search first):
+- `pruning` (default): `sweeps=optuna_tiny` at 24k images a trial, the sweep file's pruner against
+  `hydra/sweeper/pruner=none`; the arms side by side, one worker and one core each. "Reached": a re-scored figure
+  at or below the upper 95% bound of the best recipe either arm found.
+- `warm-start`: `sweeps=optuna_small` at its own 48k images a trial, from scratch against
+  `hydra.sweeper.warm_start=` a finished tiny study of the same TPE seed (`sweeps=optuna_tiny` at its own budget,
+  run first, alone on every core, for `--tiny-minutes`; its minutes are reported beside the ratio, the ratio counts
+  the small search alone); the arms side by side, one core each. "Reached": the from-scratch arm's best's bound.
+- `workers`: `sweeps=optuna_tiny` at 24k images a trial, one worker against two distinct workers on one study, one
+  arm after the other, each on the whole machine (`threads=auto`: one worker takes every core, two take half each).
+  "Reached": the one-worker arm's best's bound.
 
-Writes OUT/results.json, OUT/results.md (the table for benchmarks/RESULTS.md) and OUT/search.png. The same command
-again reuses finished arms (their studies and trial folders) and re-scores only what is missing.
+Each arm runs for `--minutes` (the sweeper's timeout: a worker starts no trial after it; the running one ends).
+Afterwards every trial that improved its arm's best-so-far is scored again with the final evaluation on fresh
+sampling seeds (a search's best figure is optimistic: it won on its own noise); the time an arm needed is that
+trial's completion, counted from the arm's first trial start. Each seed's line under the table says how many times
+sooner the lever's arm got there, and for how many leading trials both arms drew the same parameters (as far as
+they do, the arms differ only in time: e.g. TPE ranks a pruned trial below every finished one, so pruning changes
+the draws only when a pruned trial's twin would have been among TPE's few best).
+
+Writes OUT/results.json, OUT/results.md (the table for benchmarks/RESULTS.md) and OUT/search.png; for another
+comparison than pruning, OUT/<compare>-results.* and OUT/<compare>-search.png. The same command again reuses
+finished arms (their studies and trial folders) and re-scores only what is missing.
 """
 
 from __future__ import annotations
@@ -26,13 +37,43 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-ARMS = {"pruning": [], "no pruning": ["hydra/sweeper/pruner=none"]}  # the sweep file's pruner, or none
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two arms of one search: the plain one (the baseline) first, then the lever's."""
+
+    sweep: str  # the sweep file both arms run
+    arms: dict[str, list[str]]  # arm: its overrides
+    images: int | None  # images a trial; None: the sweep file's own budget
+    workers: dict[str, int] = field(default_factory=dict)  # workers on an arm's study, where more than one
+    together: bool = True  # side by side at one thread a worker; else one after the other on every core
+    target: str = "either"  # whose best recipe "reached" means: either arm's, or "baseline"
+    warm_start: bool = False  # the lever's arm starts from a finished tiny study of the same TPE seed
+
+    @property
+    def baseline(self) -> str:
+        return list(self.arms)[0]
+
+    @property
+    def lever(self) -> str:
+        return list(self.arms)[1]
+
+
+COMPARISONS = {
+    "pruning": Comparison("optuna_tiny", {"no pruning": ["hydra/sweeper/pruner=none"], "pruning": []}, 24000),
+    "warm-start": Comparison(
+        "optuna_small", {"from scratch": [], "warm start": []}, None, target="baseline", warm_start=True
+    ),
+    "workers": Comparison(
+        "optuna_tiny", {"1 worker": [], "2 workers": []}, 24000, {"2 workers": 2}, together=False, target="baseline"
+    ),
+}
 RESCORE_SEED = 10_000  # first sampling seed of the re-scoring (the trials' own final evaluation used seeds 0-4)
 
 
@@ -63,10 +104,16 @@ def time_to_reach(points: list[Point], hi: float) -> float | None:
     return next((p.minutes for p in points if p.fid is not None and p.fid <= hi), None)
 
 
-def speedup(reach: dict[str, float | None]) -> float | None:
-    """How many times sooner the pruning arm reached the best than the no-pruning arm (None unless both did)."""
-    with_, without = reach.get("pruning"), reach.get("no pruning")
-    return without / with_ if with_ and without else None
+def speedup(reach: dict[str, float | None], c: Comparison) -> float | None:
+    """How many times sooner the lever's arm reached the best than the baseline (None unless both did)."""
+    lever, baseline = reach.get(c.lever), reach.get(c.baseline)
+    return baseline / lever if lever and baseline else None
+
+
+def target(points: dict[str, list[Point]], c: Comparison) -> tuple[Point, str]:
+    """The re-scored recipe an arm must reach, and its arm: the best of either arm, or of the baseline's."""
+    pool = [(p, arm) for arm, mine in points.items() for p in mine if c.target == "either" or arm == c.baseline]
+    return min(pool, key=lambda s: s[0].fid)
 
 
 def shared_recipes(params: list[list[dict]]) -> int:
@@ -89,29 +136,49 @@ def ended(folder: Path) -> dict[str, int]:
     return {s: states.count(s) for s in sorted(set(states)) if s != "running"}
 
 
-def run_arms(out: Path, seed: int, minutes: float, images: int) -> None:
-    """Both arms of one seed at once; returns when both workers have ended."""
-    procs = {}
-    for arm, extra in ARMS.items():
-        folder = sweep_dir(out, arm, seed)
-        if (folder / "done").exists():
-            continue
-        args = ["-m", "sweeps=optuna_tiny", f"sweep_name={folder.name}", f"budget.images={images}", "threads=1"]
-        args += [f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.timeout={int(minutes * 60)}"]
-        args += ["hydra.sweeper.n_trials=10000", "logger=csv", "preview.every_n_steps=0", *extra]
-        folder.mkdir(parents=True, exist_ok=True)
-        log = (folder / "worker.log").open("a")
-        procs[arm] = subprocess.Popen([sys.executable, "-m", "diffexp.train", *args], cwd=out, stdout=log, stderr=log)
+def start_workers(out: Path, c: Comparison, arm: str, seed: int, minutes: float, extra: list[str]) -> list:
+    """Starts an arm's workers on its study (`sweeps=<c.sweep>`, TPE seed `seed`, `minutes` of search)."""
+    folder = sweep_dir(out, arm, seed)
+    args = ["-m", f"sweeps={c.sweep}", f"sweep_name={folder.name}", f"threads={1 if c.together else 'auto'}"]
+    args += [f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.timeout={int(minutes * 60)}"]
+    args += ["hydra.sweeper.n_trials=10000", "logger=csv", "preview.every_n_steps=0", *c.arms[arm], *extra]
+    folder.mkdir(parents=True, exist_ok=True)
+    logs = [(folder / f"worker{k}.log").open("a") for k in range(c.workers.get(arm, 1))]
+    return [subprocess.Popen([sys.executable, "-m", "diffexp.train", *args], cwd=out, stdout=f, stderr=f) for f in logs]
+
+
+def wait_workers(out: Path, seed: int, procs: dict[str, list]) -> None:
+    """Waits for every arm's workers, printing the trials ended so far; marks each arm done."""
     start = time.time()
-    while any(p.poll() is None for p in procs.values()):
+    while any(p.poll() is None for workers in procs.values() for p in workers):
         time.sleep(30)
         done = {arm: ended(sweep_dir(out, arm, seed)) for arm in procs}
         print(f"seed {seed}: {(time.time() - start) / 60:.1f} min, trials ended per arm {done}", flush=True)
-    for arm, p in procs.items():
-        if p.returncode != 0:
-            log = sweep_dir(out, arm, seed) / "worker.log"
-            raise SystemExit(f"arm {arm!r} seed {seed} failed (exit {p.returncode}): see {log}")
+    for arm, workers in procs.items():
+        if any(p.returncode for p in workers):
+            raise SystemExit(f"arm {arm!r} seed {seed} failed: see {sweep_dir(out, arm, seed)}/worker*.log")
         (sweep_dir(out, arm, seed) / "done").touch()
+
+
+def tiny_study(out: Path, seed: int, minutes: float, extra: list[str]) -> Path:
+    """A tiny search of TPE seed `seed` at its own budget, alone on every core, for `minutes` (warm-start's source)."""
+    c = Comparison("optuna_tiny", {"tiny": []}, None, together=False)
+    if not (sweep_dir(out, "tiny", seed) / "done").exists():
+        wait_workers(out, seed, {"tiny": start_workers(out, c, "tiny", seed, minutes, extra)})
+    return sweep_dir(out, "tiny", seed)
+
+
+def run_arms(out: Path, c: Comparison, seed: int, minutes: float, extra: list[str], tiny: Path | None) -> None:
+    """The comparison's arms of one seed: side by side or one after the other; returns when all have ended."""
+    procs = {}
+    for arm in c.arms:
+        if (sweep_dir(out, arm, seed) / "done").exists():
+            continue
+        warm = [f"hydra.sweeper.warm_start={tiny}"] if arm == c.lever and tiny is not None else []
+        procs[arm] = start_workers(out, c, arm, seed, minutes, [*extra, *warm])
+        if not c.together:
+            wait_workers(out, seed, {arm: procs.pop(arm)})
+    wait_workers(out, seed, procs)
 
 
 def arm_trials(folder: Path) -> tuple[list[tuple[int, float, float]], dict[str, int], list[dict]]:
@@ -157,7 +224,7 @@ def rescore(trial_folder: Path, seeds: int) -> tuple[float, float, float]:
     return figures
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, c: Comparison, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,94 +232,117 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (seed, arms) in enumerate(results["seeds"].items()):
-        for arm, r in arms.items():
+        for j, (arm, r) in enumerate(arms.items()):  # a colour an arm, a line style a seed
             pts = [p for p in r["incumbents"] if p["fid"] is not None]
-            style = "-" if arm == "pruning" else "--"
-            ax.step(
-                [p["minutes"] for p in pts],
-                [p["fid"] for p in pts],
-                style,
-                where="post",
-                color=f"C{i}",
-                marker="o",
-                label=f"TPE seed {seed}, {arm}",
-            )
-            ax.errorbar(
-                [p["minutes"] for p in pts],
-                [p["fid"] for p in pts],
-                yerr=[[p["fid"] - p["lo"] for p in pts], [p["hi"] - p["fid"] for p in pts]],
-                fmt="none",
-                color=f"C{i}",
-                alpha=0.4,
-            )
-    ax.set_xlabel("minutes of search (one worker, one core)")
+            x, y = [p["minutes"] for p in pts], [p["fid"] for p in pts]
+            style = ["-", "--", ":", "-."][i % 4]
+            ax.step(x, y, style, where="post", color=f"C{j}", marker="o", label=f"TPE seed {seed}, {arm}")
+            errors = [[p["fid"] - p["lo"] for p in pts], [p["hi"] - p["fid"] for p in pts]]
+            ax.errorbar(x, y, yerr=errors, fmt="none", color=f"C{j}", alpha=0.4)
+    ax.set_xlabel("minutes of search" + (" (one core an arm)" if c.together else " (the whole machine an arm)"))
     ax.set_ylabel("FID of the best trial so far, re-scored (95% CI)")
-    ax.set_title(f"TPE with and without pruning: tiny, {results['images']} images a trial")
+    ax.set_title(f"{c.lever} against {c.baseline}: {c.sweep}, {results['images']} images a trial")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=30, help="search time of each arm")
-    parser.add_argument("--images", type=int, default=24000, help="images seen by each trial")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="TPE seeds, one pair of arms each")
-    parser.add_argument("--rescore-seeds", type=int, default=5, help="sampling seeds of the re-scoring")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/diffexp-search-bench"))
-    a = parser.parse_args()
-    out = a.out.resolve()
-    results = {"minutes": a.minutes, "images": a.images, "rescore_seeds": a.rescore_seeds, "seeds": {}}
-    rows, notes = [], []
-    for seed in a.seeds:
-        run_arms(out, seed, a.minutes, a.images)
-        arms, params = {}, []
-        for arm in ARMS:
-            folder = sweep_dir(out, arm, seed)
-            trials, states, drawn = arm_trials(folder)
-            params.append(drawn)
-            points = incumbents(trials)
-            for p in points:
-                print(f"seed {seed}, {arm}: re-scoring trial {p.trial}", flush=True)
-                p.fid, p.lo, p.hi = rescore(folder / f"trial-{p.trial:04d}", a.rescore_seeds)
-            arms[arm] = {"states": states, "incumbents": points}
-        scored = [(p, arm) for arm, r in arms.items() for p in r["incumbents"]]
-        best, best_arm = min(scored, key=lambda s: s[0].fid)
-        for arm, r in arms.items():
-            mine = min(r["incumbents"], key=lambda p: p.fid)
-            reach = time_to_reach(r["incumbents"], best.hi)
-            r |= {"best": asdict(mine), "minutes_to_reach": reach}
-            rows.append(
-                f"| {seed} | {arm} | {r['states']['complete']} + {r['states']['pruned']} pruned | "
-                f"{mine.fid:.2f} [{mine.lo:.2f}, {mine.hi:.2f}] (trial {mine.trial}) | "
-                f"{'yes' if reach is not None else 'no'} | {'' if reach is None else f'{reach:.1f}'} |"
-            )
-        sooner = speedup({arm: r["minutes_to_reach"] for arm, r in arms.items()})
-        shared = shared_recipes(params)
-        notes.append(
-            f"TPE seed {seed}: pruning reached the best "
-            + ("(one arm never reached it)" if sooner is None else f"{sooner:.2f}x sooner")
-            + f"; the arms drew the same parameters for their first {shared} trials."
+def score_seed(out: Path, c: Comparison, seed: int, rescore_seeds: int) -> tuple[dict, list[str], str]:
+    """Re-scores each arm's incumbents; returns the seed's results, its table rows and its line under the table."""
+    arms, params, rows = {}, [], []
+    for arm in c.arms:
+        folder = sweep_dir(out, arm, seed)
+        trials, states, drawn = arm_trials(folder)
+        params.append(drawn)
+        points = incumbents(trials)
+        for p in points:
+            print(f"seed {seed}, {arm}: re-scoring trial {p.trial}", flush=True)
+            p.fid, p.lo, p.hi = rescore(folder / f"trial-{p.trial:04d}", rescore_seeds)
+        arms[arm] = {"states": states, "incumbents": points}
+    best, best_arm = target({arm: r["incumbents"] for arm, r in arms.items()}, c)
+    for arm, r in arms.items():
+        mine = min(r["incumbents"], key=lambda p: p.fid)
+        reach = time_to_reach(r["incumbents"], best.hi)
+        r |= {"best": asdict(mine), "minutes_to_reach": reach}
+        rows.append(
+            f"| {seed} | {arm} | {r['states']['complete']} + {r['states']['pruned']} pruned | "
+            f"{mine.fid:.2f} [{mine.lo:.2f}, {mine.hi:.2f}] (trial {mine.trial}) | "
+            f"{'yes' if reach is not None else 'no'} | {'' if reach is None else f'{reach:.1f}'} |"
         )
-        arms = {arm: r | {"incumbents": [asdict(p) for p in r["incumbents"]]} for arm, r in arms.items()}
-        results["seeds"][str(seed)] = arms
-        results.setdefault("best", {})[str(seed)] = asdict(best) | {"arm": best_arm}
-        results.setdefault("speedup", {})[str(seed)] = sooner
-        results.setdefault("shared_recipes", {})[str(seed)] = shared
-    header = (
-        f"TPE with and without pruning, `sweeps=optuna_tiny` at {a.images} images a trial, {a.minutes:g} min an arm, "
-        f"one worker each (`threads=1`), arms side by side; best figures re-scored on {a.rescore_seeds} fresh "
-        "sampling seeds x the trial's eval.n_samples (95% CI). Reached: a re-scored figure at or below the upper bound "
-        "of the seed's best recipe.\n\n"
+    sooner = speedup({arm: r["minutes_to_reach"] for arm, r in arms.items()}, c)
+    shared = shared_recipes(params)
+    note = (
+        f"TPE seed {seed}: {c.lever} reached the best "
+        + ("(one arm never reached it)" if sooner is None else f"{sooner:.2f}x sooner")
+        + f"; the arms drew the same parameters for their first {shared} trials."
+    )
+    result = {
+        "arms": {arm: r | {"incumbents": [asdict(p) for p in r["incumbents"]]} for arm, r in arms.items()},
+        "best": asdict(best) | {"arm": best_arm},
+        "speedup": sooner,
+        "shared_recipes": shared,
+    }
+    return result, rows, note
+
+
+def header(c: Comparison, a: argparse.Namespace, images: str, tiny_minutes: dict[str, float]) -> str:
+    """The table's head: what ran, how, and what "reached" means."""
+    how = (
+        "side by side, one worker and one core each (`threads=1`)"
+        if c.together
+        else "one after the other, on every core (`threads=auto`)"
+    )
+    whose = "the seed's best recipe (either arm)" if c.target == "either" else f"the {c.baseline} arm's best recipe"
+    tiny = "".join(
+        f" The warm start's tiny study (TPE seed {seed}, `sweeps=optuna_tiny` at its own budget, alone on every core) "
+        f"searched {m:.1f} minutes before it, not counted in the ratio."
+        for seed, m in tiny_minutes.items()
+    )
+    return (
+        f"{c.lever} against {c.baseline}, `sweeps={c.sweep}` at {images} images a trial, {a.minutes:g} min an arm, "
+        f"{how}; best figures re-scored on {a.rescore_seeds} fresh sampling seeds x the trial's eval.n_samples "
+        f"(95% CI). Reached: a re-scored figure at or below the upper bound of {whose}.{tiny}\n\n"
         "| TPE seed | arm | trials | best FID, re-scored [95% CI] | reached the best | minutes to reach |\n"
         "| --- | --- | --- | --- | --- | --- |\n"
     )
-    table = header + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(table)
-    plot(results, out / "search.png")
-    print(table + f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {out / 'search.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compare", choices=list(COMPARISONS), default="pruning", help="which lever's two arms")
+    parser.add_argument("--minutes", type=float, default=30, help="search time of each arm")
+    parser.add_argument("--images", type=int, help="images seen by each trial (default: the comparison's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="TPE seeds, one pair of arms each")
+    parser.add_argument("--rescore-seeds", type=int, default=5, help="sampling seeds of the re-scoring")
+    parser.add_argument("--tiny-minutes", type=float, default=60, help="warm-start: the tiny study's search time")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/diffexp-search-bench"))
+    a, extra = parser.parse_known_args()  # the rest: overrides for every worker (e.g. trainer=gpu)
+    c, out = COMPARISONS[a.compare], a.out.resolve()
+    images = a.images or c.images
+    results = {"compare": a.compare, "minutes": a.minutes, "images": images or "its own budget's", "seeds": {}}
+    results["rescore_seeds"] = a.rescore_seeds
+    rows, notes, tiny_minutes = [], [], {}
+    for seed in a.seeds:
+        tiny = tiny_study(out, seed, a.tiny_minutes, extra) if c.warm_start else None
+        if tiny is not None:
+            tiny_minutes[seed] = max((t[1] for t in arm_trials(tiny)[0]), default=0.0)
+        run_arms(out, c, seed, a.minutes, [f"budget.images={images}"] * bool(images) + extra, tiny)
+        result, seed_rows, note = score_seed(out, c, seed, a.rescore_seeds)
+        results["seeds"][str(seed)] = result.pop("arms")
+        for key, value in result.items():
+            results.setdefault(key, {})[str(seed)] = value
+        rows += seed_rows
+        notes.append(note)
+    results["tiny_minutes"] = tiny_minutes
+    table = header(c, a, str(results["images"]), tiny_minutes) + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+    prefix = "" if a.compare == "pruning" else f"{a.compare}-"
+    (out / f"{prefix}results.json").write_text(json.dumps(results, indent=2))
+    (out / f"{prefix}results.md").write_text(table)
+    plot(results, c, out / f"{prefix}search.png")
+    print(
+        table + f"\nwrote {out / f'{prefix}results.md'}, {out / f'{prefix}results.json'}, {out / f'{prefix}search.png'}"
+    )
 
 
 if __name__ == "__main__":

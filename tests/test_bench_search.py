@@ -29,10 +29,28 @@ def test_an_arm_reaches_the_best_at_its_first_rescored_figure_inside_the_interva
     assert bench.time_to_reach(points, hi=5.0) is None  # never inside: did not reach
 
 
-def test_speedup_is_the_no_pruning_arms_time_over_the_pruning_arms_and_needs_both():
-    assert bench.speedup({"pruning": 12.0, "no pruning": 36.0}) == 3.0
-    assert bench.speedup({"pruning": None, "no pruning": 36.0}) is None  # pruning never reached the best
-    assert bench.speedup({"pruning": 12.0, "no pruning": None}) is None
+def test_speedup_is_the_baseline_arms_time_over_the_levers_and_needs_both():
+    pruning = bench.COMPARISONS["pruning"]
+    assert (pruning.baseline, pruning.lever) == ("no pruning", "pruning")
+    assert bench.speedup({"pruning": 12.0, "no pruning": 36.0}, pruning) == 3.0
+    assert bench.speedup({"pruning": None, "no pruning": 36.0}, pruning) is None  # pruning never reached the best
+    assert bench.speedup({"pruning": 12.0, "no pruning": None}, pruning) is None
+    warm = bench.COMPARISONS["warm-start"]
+    assert bench.speedup({"warm start": 20.0, "from scratch": 90.0}, warm) == 4.5
+
+
+def test_the_recipe_to_reach_is_either_arms_best_for_pruning_and_the_baselines_for_the_other_levers():
+    points = {
+        "from scratch": bench.incumbents([(0, 5.0, 9.0), (1, 30.0, 7.0)]),
+        "warm start": bench.incumbents([(0, 2.0, 6.0)]),
+    }
+    for p, fid in zip([*points["from scratch"], *points["warm start"]], [9.5, 7.2, 6.1], strict=True):
+        p.fid, p.hi = fid, fid + 1.0
+    best, arm = bench.target(points, bench.COMPARISONS["warm-start"])
+    assert (arm, best.fid) == ("from scratch", 7.2)  # what the plain search found: the aim counts reaching it
+    assert bench.time_to_reach(points["warm start"], best.hi) == 2.0
+    either = bench.Comparison("optuna_small", {"from scratch": [], "warm start": []}, None)
+    assert bench.target(points, either)[1] == "warm start"
 
 
 def test_shared_recipes_counts_the_leading_trials_with_the_same_parameters_in_every_arm():
