@@ -229,6 +229,7 @@ def plot(results: dict, c: Comparison, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (seed, arms) in enumerate(results["seeds"].items()):
@@ -241,6 +242,10 @@ def plot(results: dict, c: Comparison, path: Path) -> None:
             ax.errorbar(x, y, yerr=errors, fmt="none", color=f"C{j}", alpha=0.4)
     ax.set_xlabel("minutes of search" + (" (one core an arm)" if c.together else " (the whole machine an arm)"))
     ax.set_ylabel("FID of the best trial so far, re-scored (95% CI)")
+    ax.set_yscale("log")  # a bad start-up trial (FID ~100) leaves the near-ties readable
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(f"{c.lever} against {c.baseline}: {c.sweep}, {results['images']} images a trial")
     ax.legend(fontsize=8)
     fig.tight_layout()
