@@ -30,6 +30,7 @@ def test_ddp_trains_with_two_cpu_processes_and_rank_zero_writes(tmp_path):
     assert sorted(p.name for p in (folder / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
 
 
+@pytest.mark.slow  # a two-job sweep in a real process: 19-23 s on 2 cores
 def test_two_job_multirun_gives_two_wandb_runs_grouped_by_sweep(tmp_path):
     sweep = tmp_path / "multirun" / "lr-sweep"
     out = diffexp(

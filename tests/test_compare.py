@@ -202,6 +202,7 @@ def test_best_recipe_experiment_composes_back_into_the_best_run(sweeps, made, tm
     }
 
 
+@pytest.mark.slow  # a sweep and a training in real processes: 26-35 s on 2 cores
 def test_a_sweep_report_and_its_experiment_close_the_loop(tmp_path):
     """A real `-m sweeps=size_lr` sweep (one job), its report, then training the report's best recipe through
     `--config-dir`: the new run's saved config equals the sweep job's on every recipe key."""

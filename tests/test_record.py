@@ -45,9 +45,13 @@ def test_no_record_reads_as_none(tmp_path):
     assert RunRecord.read(tmp_path) is None
 
 
-@pytest.mark.parametrize("env, expected", [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"RANK": "3"}, 3)])
-def test_rank_is_lightnings_rank_of_the_launcher_environment(env, expected):
+def test_rank_is_lightnings_rank_of_the_launcher_environment():
+    # Three fresh processes (the rank is read when Lightning is imported), at once: each is mostly its import.
     clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID")}
     code = "from diffexp.runtime import rank; print(rank())"
-    out = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True)
-    assert int(out.stdout) == expected
+    cases = [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"RANK": "3"}, 3)]
+    run = [sys.executable, "-c", code]
+    procs = [subprocess.Popen(run, env=clean | env, stdout=subprocess.PIPE, text=True) for env, _ in cases]
+    outs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert [int(out) for out in outs] == [expected for _, expected in cases]

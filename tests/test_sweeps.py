@@ -26,6 +26,7 @@ def test_size_lr_sweep_launches_every_job_of_its_grid(tmp_path):
     assert {m for m, _ in recipes} == {"tiny", "small", "base"}
 
 
+@pytest.mark.slow  # a three-job sweep in a real process: 20-22 s on 2 cores
 def test_failing_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "multirun" / "faults"
     out = diffexp(
@@ -75,6 +76,7 @@ def test_rerunning_an_interrupted_sweep_skips_finished_jobs_and_resumes_the_rest
     assert steps == list(range(300))
 
 
+@pytest.mark.slow  # a two-trial search and a reproduce: 29-32 s on 2 cores
 def test_optuna_sweep_runs_trials_and_gets_their_metric_and_reproducing_one_never_reports(tmp_path):
     out = diffexp("train", "-m", "sweeps=optuna_tiny", "hydra.sweeper.n_trials=2", *OPTUNA, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
