@@ -1,16 +1,17 @@
 """The search measured: two arms of one Optuna search on the digits, each lever against the plain search.
 
     python benchmarks/search.py [--compare pruning|warm-start|workers] [--minutes 30] [--images N] [--seeds 0 1]
-                                [--tiny-minutes 60] [--out /tmp/diffexp-search-bench] [OVERRIDE...]
+                                [--tiny-minutes 60] [--tiny-images N] [--out /tmp/diffexp-search-bench] [OVERRIDE...]
 
 The comparisons (`--compare`; its arms, the plain search first):
 - `pruning` (default): `sweeps=optuna_tiny` at 24k images a trial, the sweep file's pruner against
   `hydra/sweeper/pruner=none`; the arms side by side, one worker and one core each. "Reached": a re-scored figure
   at or below the upper 95% bound of the best recipe either arm found.
 - `warm-start`: `sweeps=optuna_small` at its own 48k images a trial, from scratch against
-  `hydra.sweeper.warm_start=` a finished tiny study of the same TPE seed (`sweeps=optuna_tiny` at its own budget,
-  run first, alone on every core, for `--tiny-minutes`; its minutes are reported beside the ratio, the ratio counts
-  the small search alone); the arms side by side, one core each. "Reached": the from-scratch arm's best's bound.
+  `hydra.sweeper.warm_start=` a finished tiny study of the same TPE seed (`sweeps=optuna_tiny` at its own budget or
+  `--tiny-images`, run first, alone on every core, for `--tiny-minutes`; its minutes are reported beside the ratio,
+  the ratio counts the small search alone); the arms side by side, one core each. "Reached": the from-scratch
+  arm's best's bound.
 - `workers`: `sweeps=optuna_tiny` at 24k images a trial, one worker against two distinct workers on one study, one
   arm after the other, each on the whole machine (`threads=auto`: one worker takes every core, two take half each).
   "Reached": the one-worker arm's best's bound.
@@ -299,8 +300,9 @@ def header(c: Comparison, a: argparse.Namespace, images: str, tiny_minutes: dict
         else "one after the other, on every core (`threads=auto`)"
     )
     whose = "the seed's best recipe (either arm)" if c.target == "either" else f"the {c.baseline} arm's best recipe"
+    budget = f"{a.tiny_images} images a trial" if a.tiny_images else "its own budget"
     tiny = "".join(
-        f" The warm start's tiny study (TPE seed {seed}, `sweeps=optuna_tiny` at its own budget, alone on every core) "
+        f" The warm start's tiny study (TPE seed {seed}, `sweeps=optuna_tiny` at {budget}, alone on every core) "
         f"searched {m:.1f} minutes before it, not counted in the ratio."
         for seed, m in tiny_minutes.items()
     )
@@ -321,6 +323,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="TPE seeds, one pair of arms each")
     parser.add_argument("--rescore-seeds", type=int, default=5, help="sampling seeds of the re-scoring")
     parser.add_argument("--tiny-minutes", type=float, default=60, help="warm-start: the tiny study's search time")
+    parser.add_argument("--tiny-images", type=int, help="warm-start: images a tiny trial (default: optuna_tiny's)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/diffexp-search-bench"))
     a, extra = parser.parse_known_args()  # the rest: overrides for every worker (e.g. trainer=gpu)
     c, out = COMPARISONS[a.compare], a.out.resolve()
@@ -329,7 +332,8 @@ def main() -> None:
     results["rescore_seeds"] = a.rescore_seeds
     rows, notes, tiny_minutes = [], [], {}
     for seed in a.seeds:
-        tiny = tiny_study(out, seed, a.tiny_minutes, extra) if c.warm_start else None
+        tiny_budget = [f"budget.images={a.tiny_images}"] * bool(a.tiny_images)
+        tiny = tiny_study(out, seed, a.tiny_minutes, tiny_budget + extra) if c.warm_start else None
         if tiny is not None:
             tiny_minutes[seed] = max((t[1] for t in arm_trials(tiny)[0]), default=0.0)
         run_arms(out, c, seed, a.minutes, [f"budget.images={images}"] * bool(images) + extra, tiny)

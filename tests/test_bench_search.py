@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -58,3 +59,13 @@ def test_shared_recipes_counts_the_leading_trials_with_the_same_parameters_in_ev
     b = [{"lr": 1e-3}, {"lr": 2e-3}, {"lr": 5e-3}]
     assert bench.shared_recipes([a, b]) == 2  # the third trial differs: what follows is no longer a timing comparison
     assert bench.shared_recipes([a, a[:3]]) == 3  # the shorter arm ran out: shared as far as both ran
+
+
+def test_the_table_head_names_the_warm_starts_tiny_study_its_budget_and_minutes():
+    warm = bench.COMPARISONS["warm-start"]
+    a = argparse.Namespace(minutes=60, rescore_seeds=5, tiny_images=24000)
+    head = bench.header(warm, a, "its own budget's", {0: 29.94})
+    assert "`sweeps=optuna_tiny` at 24000 images a trial" in head and "searched 29.9 minutes" in head
+    assert "the from scratch arm's best recipe" in head  # the mark is the plain search's best
+    a.tiny_images = None
+    assert "`sweeps=optuna_tiny` at its own budget" in bench.header(warm, a, "its own budget's", {0: 60.0})
