@@ -331,8 +331,8 @@ def main() -> None:
     results = {"compare": a.compare, "minutes": a.minutes, "images": images or "its own budget's", "seeds": {}}
     results["rescore_seeds"] = a.rescore_seeds
     rows, notes, tiny_minutes = [], [], {}
+    tiny_budget = [f"budget.images={a.tiny_images}"] * bool(a.tiny_images)
     for seed in a.seeds:
-        tiny_budget = [f"budget.images={a.tiny_images}"] * bool(a.tiny_images)
         tiny = tiny_study(out, seed, a.tiny_minutes, tiny_budget + extra) if c.warm_start else None
         if tiny is not None:
             tiny_minutes[seed] = max((t[1] for t in arm_trials(tiny)[0]), default=0.0)
