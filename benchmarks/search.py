@@ -244,10 +244,15 @@ def plot(results: dict, c: Comparison, path: Path) -> None:
     ax.set_xlabel("minutes of search" + (" (one core an arm)" if c.together else " (the whole machine an arm)"))
     ax.set_ylabel("FID of the best trial so far, re-scored (95% CI)")
     ax.set_yscale("log")  # a bad start-up trial (FID ~100) leaves the near-ties readable
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 1.5, 2, 3, 5, 7)))  # ticks on a near-tie too
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_title(f"{c.lever} against {c.baseline}: {c.sweep}, {results['images']} images a trial")
+    budget = (
+        "the sweep file's budget a trial"
+        if isinstance(results["images"], str)
+        else f"{results['images']} images a trial"
+    )
+    ax.set_title(f"{c.lever} against {c.baseline}\n{c.sweep}, {budget}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

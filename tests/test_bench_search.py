@@ -69,3 +69,12 @@ def test_the_table_head_names_the_warm_starts_tiny_study_its_budget_and_minutes(
     assert "the from scratch arm's best recipe" in head  # the mark is the plain search's best
     a.tiny_images = None
     assert "`sweeps=optuna_tiny` at its own budget" in bench.header(warm, a, "its own budget's", {0: 60.0})
+
+
+def test_the_plot_is_a_png_for_a_budget_in_images_and_for_the_sweep_files_own(tmp_path):
+    point = {"trial": 0, "minutes": 2.0, "objective": 9.0, "fid": 10.0, "lo": 8.0, "hi": 12.0}
+    arms = {arm: {"incumbents": [point, {**point, "fid": None}]} for arm in ("1 worker", "2 workers")}
+    for images in (24000, "its own budget's"):
+        path = tmp_path / f"plot-{images}.png"
+        bench.plot({"images": images, "seeds": {"0": arms}}, bench.COMPARISONS["workers"], path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
