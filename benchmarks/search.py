@@ -247,12 +247,7 @@ def plot(results: dict, c: Comparison, path: Path) -> None:
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 1.5, 2, 3, 5, 7)))  # ticks on a near-tie too
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    budget = (
-        "the sweep file's budget a trial"
-        if isinstance(results["images"], str)
-        else f"{results['images']} images a trial"
-    )
-    ax.set_title(f"{c.lever} against {c.baseline}\n{c.sweep}, {budget}", fontsize=10)
+    ax.set_title(f"{c.lever} against {c.baseline}\n{c.sweep}, {results['images']} images a trial", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
