@@ -1,7 +1,7 @@
 """The search measured: two arms of one Optuna search on the digits, each lever against the plain search.
 
     python benchmarks/search.py [--compare pruning|warm-start|workers] [--minutes 30] [--images N] [--seeds 0 1]
-                                [--tiny-minutes 60] [--tiny-images N] [--out /tmp/diffexp-search-bench] [OVERRIDE...]
+                                [--tiny-minutes 30] [--tiny-images N] [--out /tmp/diffexp-search-bench] [OVERRIDE...]
 
 The comparisons (`--compare`; its arms, the plain search first):
 - `pruning` (default): `sweeps=optuna_tiny` at 24k images a trial, the sweep file's pruner against
@@ -322,7 +322,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, help="images seen by each trial (default: the comparison's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="TPE seeds, one pair of arms each")
     parser.add_argument("--rescore-seeds", type=int, default=5, help="sampling seeds of the re-scoring")
-    parser.add_argument("--tiny-minutes", type=float, default=60, help="warm-start: the tiny study's search time")
+    parser.add_argument("--tiny-minutes", type=float, default=30, help="warm-start: the tiny study's search time")
     parser.add_argument("--tiny-images", type=int, help="warm-start: images a tiny trial (default: optuna_tiny's)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/diffexp-search-bench"))
     a, extra = parser.parse_known_args()  # the rest: overrides for every worker (e.g. trainer=gpu)
